@@ -1,0 +1,57 @@
+# One obvious command per action, the same locally, in CI and in images.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+PROTOS := $(shell find protos -name '*.proto')
+GENERATED := apexrl/.generated
+
+.PHONY: setup protos test test-fast lint format bench bench-replay run clean
+
+setup: $(VENV)/.installed $(GENERATED)
+
+# torch 2.13.0 (CPU) goes in first, from constraints.txt, so nothing pulls a CUDA build.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt --config-settings editable_mode=compat -e '.[train,dev]'
+	touch $@
+
+# Generated code is never committed: it is produced here, by the grpcio-tools that
+# matches the installed protobuf runtime, with mypy stubs beside it.
+protos: $(GENERATED)
+$(GENERATED): $(PROTOS) $(VENV)/.installed
+	rm -rf apexrl
+	$(PY) -m grpc_tools.protoc -I protos \
+		--python_out=. --grpc_python_out=. \
+		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --mypy_out=. \
+		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=. \
+		$(PROTOS)
+	touch $@
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy services tests bench
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: bench-replay
+
+bench-replay: setup
+	$(PY) bench/replay_throughput.py
+
+run: setup
+	$(BIN)/apexrl demo
+
+clean:
+	rm -rf $(VENV) apexrl build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""apexrl services: the replay shard, the learner, the actor and the code they share."""

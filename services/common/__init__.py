@@ -1,0 +1,1 @@
+"""Code the services share: wire codecs, serving, channels, metrics endpoints, configuration."""

@@ -1,0 +1,93 @@
+"""Configuration loading: YAML files and ``section.key=value`` overrides, validated with errors that name the field."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names every offending field."""
+
+
+class StrictModel(BaseModel):
+    """Base of every settings model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """The mapping at the top of a YAML file (safe loader: no Python objects)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            data = yaml.safe_load(file)
+    except OSError as error:
+        raise ConfigError(f"cannot read config {path}: {error.strerror}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config {path} is not valid YAML: {error}") from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``data`` with each ``dotted.path=value`` set; values are parsed as YAML scalars."""
+    result: dict[str, Any] = _deep_copy(data)
+    for override in overrides:
+        path, separator, raw = override.partition("=")
+        keys = path.strip().split(".")
+        if not separator or not all(keys):
+            raise ConfigError(f"override {override!r} must look like section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override {override!r}: value is not valid YAML: {error}") from error
+        node = result
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {override!r}: {key!r} is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return result
+
+
+def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: _deep_copy(value) if isinstance(value, Mapping) else value for key, value in data.items()}
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for issue in error.errors():
+        field = ".".join(str(part) for part in issue["loc"]) or "(top level)"
+        message = issue["msg"]
+        if issue["type"] == "extra_forbidden":
+            message = "unknown key (not a setting; check the spelling)"
+        detail = f", got {issue['input']!r}" if issue["type"] not in ("missing", "extra_forbidden") else ""
+        lines.append(f"  {field}: {message}{detail}")
+    return "\n".join(lines)
+
+
+def validate(model: type[M], data: Mapping[str, Any], source: str) -> M:
+    """``model`` built from ``data``; ConfigError naming each bad field otherwise."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, source)) from None
+
+
+def load_config(model: type[M], path: Path | None, overrides: Sequence[str] = ()) -> M:
+    """Reads ``path`` (or nothing), applies ``overrides`` and validates the result."""
+    data = load_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "defaults"
+    if overrides:
+        source += " with overrides"
+    return validate(model, apply_overrides(data, overrides), source)

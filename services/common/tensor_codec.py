@@ -1,0 +1,102 @@
+"""numpy <-> apexrl.common.v1.Tensor codec: raw little-endian bytes, zero-copy decode where numpy allows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from numpy.typing import NDArray
+
+from apexrl.common.v1 import tensor_pb2
+
+_WIRE_TO_NUMPY: dict[int, np.dtype[np.generic]] = {
+    tensor_pb2.DTYPE_FLOAT32: np.dtype("<f4"),
+    tensor_pb2.DTYPE_FLOAT64: np.dtype("<f8"),
+    tensor_pb2.DTYPE_FLOAT16: np.dtype("<f2"),
+    tensor_pb2.DTYPE_INT8: np.dtype("i1"),
+    tensor_pb2.DTYPE_INT16: np.dtype("<i2"),
+    tensor_pb2.DTYPE_INT32: np.dtype("<i4"),
+    tensor_pb2.DTYPE_INT64: np.dtype("<i8"),
+    tensor_pb2.DTYPE_UINT8: np.dtype("u1"),
+    tensor_pb2.DTYPE_BOOL: np.dtype("?"),
+}
+_NUMPY_TO_WIRE: dict[str, tensor_pb2.DType.ValueType] = {
+    "float32": tensor_pb2.DTYPE_FLOAT32,
+    "float64": tensor_pb2.DTYPE_FLOAT64,
+    "float16": tensor_pb2.DTYPE_FLOAT16,
+    "int8": tensor_pb2.DTYPE_INT8,
+    "int16": tensor_pb2.DTYPE_INT16,
+    "int32": tensor_pb2.DTYPE_INT32,
+    "int64": tensor_pb2.DTYPE_INT64,
+    "uint8": tensor_pb2.DTYPE_UINT8,
+    "bool": tensor_pb2.DTYPE_BOOL,
+}
+
+
+def wire_dtype(dtype: np.dtype[np.generic]) -> tensor_pb2.DType.ValueType:
+    """The wire enum for a numpy dtype; TypeError for dtypes the wire does not carry."""
+    try:
+        return _NUMPY_TO_WIRE[dtype.name]
+    except KeyError:
+        raise TypeError(f"dtype {dtype} cannot be sent; supported: {sorted(_NUMPY_TO_WIRE)}") from None
+
+
+def numpy_dtype(dtype: int) -> np.dtype[np.generic]:
+    """The numpy dtype for a wire enum value; ValueError for unknown or unspecified values."""
+    try:
+        return _WIRE_TO_NUMPY[dtype]
+    except KeyError:
+        raise ValueError(f"unknown tensor dtype {dtype}") from None
+
+
+def encode(array: NDArray[np.generic] | np.generic) -> tensor_pb2.Tensor:
+    """One copy: the array's bytes in C order, little-endian."""
+    array = np.asarray(array)
+    dtype = wire_dtype(array.dtype)
+    data = np.ascontiguousarray(array, dtype=_WIRE_TO_NUMPY[dtype]).tobytes()
+    return tensor_pb2.Tensor(dtype=dtype, shape=array.shape, data=data)
+
+
+def decode(tensor: tensor_pb2.Tensor, name: str = "tensor") -> NDArray[np.generic]:
+    """A read-only array over the message's bytes; ValueError naming ``name`` when malformed."""
+    try:
+        dtype = numpy_dtype(tensor.dtype)
+    except ValueError:
+        raise ValueError(f"{name}: unknown or unspecified dtype {tensor.dtype}") from None
+    shape = tuple(tensor.shape)
+    if any(dimension < 0 for dimension in shape):
+        raise ValueError(f"{name}: negative dimension in shape {list(shape)}")
+    count = int(np.prod(shape, dtype=np.int64))
+    data = tensor.data
+    if len(data) != count * dtype.itemsize:
+        raise ValueError(
+            f"{name}: {len(data)} bytes do not match {dtype.name}{list(shape)} "
+            f"({count * dtype.itemsize} bytes expected)"
+        )
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    if dtype.kind == "b" and array.view(np.uint8).max(initial=0) > 1:
+        raise ValueError(f"{name}: bool tensor holds bytes other than 0 and 1")
+    if not dtype.isnative:
+        array = array.astype(dtype.newbyteorder("="))
+    return array
+
+
+def encode_columns(columns: Mapping[str, NDArray[np.generic]]) -> tensor_pb2.TransitionBatch:
+    return tensor_pb2.TransitionBatch(columns={name: encode(array) for name, array in columns.items()})
+
+
+def decode_columns(batch: tensor_pb2.TransitionBatch) -> dict[str, NDArray[np.generic]]:
+    """Decodes every column; the caller checks lengths and signature."""
+    return {name: decode(tensor, f"column {name!r}") for name, tensor in batch.columns.items()}
+
+
+def encode_named(tensors: Mapping[str, NDArray[np.generic]]) -> tensor_pb2.NamedTensors:
+    return tensor_pb2.NamedTensors(tensors={name: encode(array) for name, array in tensors.items()})
+
+
+def decode_named(message: tensor_pb2.NamedTensors) -> dict[str, NDArray[np.generic]]:
+    return {name: decode(tensor, f"tensor {name!r}") for name, tensor in message.tensors.items()}
+
+
+def encode_spec(dtype: np.dtype[np.generic], shape: tuple[int, ...]) -> tensor_pb2.TensorSpec:
+    return tensor_pb2.TensorSpec(dtype=wire_dtype(dtype), shape=shape)

@@ -1,0 +1,1 @@
+"""The replay shard: prioritized experience replay storage served over gRPC (no torch)."""

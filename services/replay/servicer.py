@@ -1,0 +1,179 @@
+"""Serves apexrl.replay.v1.ReplayService over a PrioritizedTable; all state lives in the table."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NoReturn, TypeVar
+
+import grpc
+
+from apexrl.replay.v1 import replay_pb2, replay_pb2_grpc
+from services.common import tensor_codec
+from services.replay.columns import batch_length
+from services.replay.metrics import ReplayMetrics
+from services.replay.rate_limiter import NotEnoughDataError, RateLimitedError
+from services.replay.table import PrioritizedTable
+
+logger = logging.getLogger(__name__)
+
+# Wire limits documented in replay.proto.
+MAX_INSERT_ITEMS = 65_536
+MAX_SAMPLE_BATCH = 16_384
+# A rate-limited caller never waits longer than this, whatever it asks for.
+MAX_WAIT_S = 60.0
+# Room left in a Sample reply for keys, masses and framing, per item and overall.
+_REPLY_OVERHEAD_BYTES = 4096
+_REPLY_PER_ITEM_BYTES = 16
+
+T = TypeVar("T")
+
+
+class MessageTooLargeError(Exception):
+    """A reply would exceed the configured message limit."""
+
+
+class SnapshotUnavailableError(Exception):
+    """The shard was started without a snapshot path."""
+
+
+@dataclass(frozen=True)
+class SnapshotResult:
+    path: str
+    size: int
+    bytes: int
+
+
+# Domain exceptions -> status codes, the one table of this servicer (STYLE.md).
+_STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (NotEnoughDataError, grpc.StatusCode.FAILED_PRECONDITION),
+    (SnapshotUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),
+    (RateLimitedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (MessageTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+    (TypeError, grpc.StatusCode.INVALID_ARGUMENT),
+    (OSError, grpc.StatusCode.INTERNAL),
+)
+
+
+def _allowed_wait_s(requested_s: float, context: grpc.ServicerContext) -> float:
+    """The caller's wait, capped by its deadline (less a margin to reply in) and MAX_WAIT_S."""
+    remaining = context.time_remaining()
+    limit = MAX_WAIT_S if remaining is None else min(MAX_WAIT_S, remaining - 0.05)
+    return max(0.0, min(requested_s, limit))
+
+
+class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
+    def __init__(
+        self,
+        table: PrioritizedTable,
+        metrics: ReplayMetrics,
+        max_message_bytes: int,
+        save_snapshot: Callable[[], SnapshotResult] | None,
+    ) -> None:
+        self._table = table
+        self._metrics = metrics
+        self._max_message_bytes = max_message_bytes
+        self._save_snapshot = save_snapshot
+
+    def _serve(self, method: str, context: grpc.ServicerContext, handler: Callable[[], T]) -> T:
+        """Runs ``handler``, records its latency and maps domain errors to status codes."""
+        started = time.perf_counter()
+        try:
+            return handler()
+        except Exception as error:
+            for error_type, code in _STATUS_BY_ERROR:
+                if isinstance(error, error_type):
+                    self._abort(method, context, code, str(error))
+            raise
+        finally:
+            self._metrics.request_seconds.labels(method).observe(time.perf_counter() - started)
+
+    def _abort(self, method: str, context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+        self._metrics.request_errors.labels(method, code.name).inc()
+        if code == grpc.StatusCode.INTERNAL:
+            logger.error("rpc failed method=%s code=%s error=%s", method, code.name, message)
+        context.abort(code, message)
+
+    def Insert(self, request: replay_pb2.InsertRequest, context: grpc.ServicerContext) -> replay_pb2.InsertResponse:
+        def insert() -> replay_pb2.InsertResponse:
+            columns = tensor_codec.decode_columns(request.batch)
+            priorities = tensor_codec.decode(request.priorities, "priorities")
+            count = batch_length(columns)
+            if count > MAX_INSERT_ITEMS:
+                raise ValueError(f"insert of {count} items exceeds the maximum of {MAX_INSERT_ITEMS}")
+            keys = self._table.insert(columns, priorities, _allowed_wait_s(request.max_wait_s, context))
+            return replay_pb2.InsertResponse(keys=tensor_codec.encode(keys), size=self._table.info().size)
+
+        return self._serve("Insert", context, insert)
+
+    def Sample(self, request: replay_pb2.SampleRequest, context: grpc.ServicerContext) -> replay_pb2.SampleResponse:
+        def sample() -> replay_pb2.SampleResponse:
+            batch_size = request.batch_size
+            if not 1 <= batch_size <= MAX_SAMPLE_BATCH:
+                raise ValueError(f"batch_size must be in 1..{MAX_SAMPLE_BATCH}, got {batch_size}")
+            item_bytes = self._table.info().item_bytes
+            reply_bytes = batch_size * (item_bytes + _REPLY_PER_ITEM_BYTES) + _REPLY_OVERHEAD_BYTES
+            if reply_bytes > self._max_message_bytes:
+                raise MessageTooLargeError(
+                    f"a sample of {batch_size} items of {item_bytes} bytes needs a ~{reply_bytes} byte reply, "
+                    f"above the {self._max_message_bytes} byte message limit; sample fewer items"
+                )
+            items = self._table.sample(batch_size, _allowed_wait_s(request.max_wait_s, context))
+            return replay_pb2.SampleResponse(
+                keys=tensor_codec.encode(items.keys),
+                priority_masses=tensor_codec.encode(items.priority_masses),
+                batch=tensor_codec.encode_columns(items.columns),
+                total_priority_mass=items.total_priority_mass,
+                size=items.size,
+            )
+
+        return self._serve("Sample", context, sample)
+
+    def UpdatePriorities(
+        self, request: replay_pb2.UpdatePrioritiesRequest, context: grpc.ServicerContext
+    ) -> replay_pb2.UpdatePrioritiesResponse:
+        def update() -> replay_pb2.UpdatePrioritiesResponse:
+            keys = tensor_codec.decode(request.keys, "keys")
+            priorities = tensor_codec.decode(request.priorities, "priorities")
+            result = self._table.update_priorities(keys, priorities)
+            return replay_pb2.UpdatePrioritiesResponse(updated=result.updated, stale=result.stale)
+
+        return self._serve("UpdatePriorities", context, update)
+
+    def GetInfo(self, request: replay_pb2.GetInfoRequest, context: grpc.ServicerContext) -> replay_pb2.GetInfoResponse:
+        def get_info() -> replay_pb2.GetInfoResponse:
+            info = self._table.info()
+            return replay_pb2.GetInfoResponse(
+                size=info.size,
+                capacity=info.capacity,
+                total_priority_mass=info.total_priority_mass,
+                priority_exponent=info.priority_exponent,
+                min_size_to_sample=info.limiter.min_size_to_sample,
+                samples_per_insert=info.limiter.samples_per_insert,
+                samples_per_insert_tolerance=info.limiter.tolerance,
+                inserts=info.inserts,
+                samples=info.samples,
+                priority_updates=info.priority_updates,
+                rate_limiter_waits=info.rate_limiter_waits,
+                signature={
+                    name: tensor_codec.encode_spec(spec.dtype, spec.shape) for name, spec in info.signature.items()
+                },
+                incarnation=info.incarnation,
+            )
+
+        return self._serve("GetInfo", context, get_info)
+
+    def SaveSnapshot(
+        self, request: replay_pb2.SaveSnapshotRequest, context: grpc.ServicerContext
+    ) -> replay_pb2.SaveSnapshotResponse:
+        def save() -> replay_pb2.SaveSnapshotResponse:
+            if self._save_snapshot is None:
+                raise SnapshotUnavailableError("this shard was started without --snapshot-path")
+            result = self._save_snapshot()
+            return replay_pb2.SaveSnapshotResponse(path=result.path, size=result.size, bytes=result.bytes)
+
+        return self._serve("SaveSnapshot", context, save)
+

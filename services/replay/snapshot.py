@@ -1,0 +1,69 @@
+"""Shard snapshots as safetensors files, written atomically so a crash never spoils the previous one."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from services.replay.table import TableState
+
+FORMAT = "apexrl.replay.snapshot/1"
+_COLUMN_PREFIX = "column."
+_MASSES = "priority_mass"
+_COUNTERS = ("capacity", "next_sequence", "incarnation", "samples", "priority_updates")
+
+
+def save_snapshot(state: TableState, path: Path) -> int:
+    """Writes ``state`` to ``path`` via a temporary file and an atomic rename; returns bytes written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {_COLUMN_PREFIX + name: np.ascontiguousarray(array) for name, array in state.columns.items()}
+    tensors[_MASSES] = np.ascontiguousarray(state.priority_masses, dtype=np.float64)
+    metadata = {"format": FORMAT, "priority_exponent": repr(state.priority_exponent)}
+    metadata.update({name: str(getattr(state, name)) for name in _COUNTERS})
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(temporary), metadata=metadata)
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return path.stat().st_size
+
+
+def load_snapshot(path: Path) -> TableState:
+    """Reads a snapshot written by :func:`save_snapshot`; ValueError if it is not one."""
+    try:
+        with safe_open(str(path), framework="np") as reader:
+            metadata = reader.metadata() or {}
+            if metadata.get("format") != FORMAT:
+                raise ValueError(f"{path} is not an apexrl replay snapshot (format {metadata.get('format')!r})")
+            tensors = {name: reader.get_tensor(name) for name in reader.keys()}  # noqa: SIM118
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read replay snapshot {path}: {error}") from error
+    try:
+        counters = {name: int(metadata[name]) for name in _COUNTERS}
+        exponent = float(metadata["priority_exponent"])
+    except (KeyError, ValueError) as error:
+        raise ValueError(f"replay snapshot {path} has bad metadata: {error}") from error
+    columns = {
+        name.removeprefix(_COLUMN_PREFIX): array
+        for name, array in tensors.items()
+        if name.startswith(_COLUMN_PREFIX)
+    }
+    return TableState(
+        priority_exponent=exponent,
+        columns=columns,
+        priority_masses=tensors[_MASSES],
+        **counters,
+    )
