@@ -1,0 +1,309 @@
+"""Client of K replay shards that samples one global prioritized batch with exact probabilities.
+
+Ape-X's distributed prioritized replay (Horgan et al. 2018): the batch is split
+over shards by a multinomial draw on the shards' total priority masses T_k, and
+each shard samples its share proportionally to p^alpha. An item of shard k is
+then drawn with probability
+
+    P(i) = (T_k' / sum_j T_j') * (m_i / T_k)
+
+where T' are the totals the split used and T the shard's total when it sampled;
+with unchanged totals this is exactly m_i / sum_j T_j, one global buffer. The
+importance weights use this P(i), so they are exact even while totals move:
+w_i = (N * P(i))^-beta / max_batch w, N the item count over all shards.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+from numpy.typing import NDArray
+
+from apexrl.replay.v1 import replay_pb2, replay_pb2_grpc
+from services.common import tensor_codec
+from services.common.channels import create_channel
+from services.common.serving import DEFAULT_MAX_MESSAGE_BYTES
+
+logger = logging.getLogger(__name__)
+
+# Codes after which a shard is skipped until its backoff expires.
+_DOWN_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
+# Codes after which a shard is only left out of the current batch.
+_NOT_NOW_CODES = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+
+class ReplayUnavailableError(Exception):
+    """No shard can be sampled (or written) right now; retry later."""
+
+
+@dataclass(frozen=True)
+class ShardedSample:
+    """A global prioritized batch; ``shards`` and ``keys`` route priority updates back."""
+
+    shards: NDArray[np.int64]
+    keys: NDArray[np.int64]
+    probabilities: NDArray[np.float64]
+    importance_weights: NDArray[np.float32]
+    columns: dict[str, NDArray[np.generic]]
+    total_size: int
+
+
+@dataclass
+class _Shard:
+    address: str
+    stub: replay_pb2_grpc.ReplayServiceStub
+    channel: grpc.Channel
+    total_mass: float = 0.0
+    size: int = 0
+    min_size_to_sample: int = 1
+    down_until: float = 0.0
+    backoff_s: float = 0.0
+    known: bool = False
+    failures: int = field(default=0)
+
+    def sampleable(self, now: float) -> bool:
+        return self.known and now >= self.down_until and self.size >= self.min_size_to_sample and self.total_mass > 0
+
+
+class ShardedReplayClient:
+    """Samples, inserts and updates priorities across shards; a shard that is down is skipped until it returns."""
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        seed: int | None = None,
+        timeout_s: float = 10.0,
+        info_refresh_s: float = 0.5,
+        min_backoff_s: float = 0.2,
+        max_backoff_s: float = 5.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        if not addresses:
+            raise ValueError("at least one replay shard address is needed")
+        self._shards = []
+        for address in addresses:
+            channel = create_channel(address, max_message_bytes)
+            self._shards.append(_Shard(address, replay_pb2_grpc.ReplayServiceStub(channel), channel))
+        self._rng = np.random.default_rng(seed)
+        self._timeout_s = timeout_s
+        self._info_refresh_s = info_refresh_s
+        self._min_backoff_s = min_backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._refreshed_at = -np.inf
+        self._next_insert_shard = 0
+
+    @property
+    def num_shards(self) -> int:
+        return len(self._shards)
+
+    def shards_up(self) -> int:
+        now = time.monotonic()
+        return sum(1 for shard in self._shards if shard.known and now >= shard.down_until)
+
+    def close(self) -> None:
+        for shard in self._shards:
+            shard.channel.close()
+
+    # Shard health -----------------------------------------------------------------
+
+    def _mark_down(self, index: int, error: grpc.RpcError) -> None:
+        shard = self._shards[index]
+        shard.backoff_s = min(self._max_backoff_s, max(self._min_backoff_s, 2 * shard.backoff_s))
+        shard.down_until = time.monotonic() + shard.backoff_s
+        shard.failures += 1
+        # Its cached totals are unknown until a GetInfo after the backoff confirms it is back.
+        shard.known = False
+        logger.warning(
+            "replay shard unreachable shard=%d address=%s code=%s retry_in_s=%.2f",
+            index,
+            shard.address,
+            error.code().name,
+            shard.backoff_s,
+        )
+
+    def _mark_up(self, index: int) -> None:
+        shard = self._shards[index]
+        if shard.failures:
+            logger.info("replay shard back shard=%d address=%s", index, shard.address)
+        shard.backoff_s = 0.0
+        shard.failures = 0
+
+    def refresh(self) -> list[replay_pb2.GetInfoResponse | None]:
+        """Asks every shard that is not backing off for its info; returns it (None where unreachable)."""
+        now = time.monotonic()
+        futures = {
+            index: shard.stub.GetInfo.future(replay_pb2.GetInfoRequest(), timeout=self._timeout_s)
+            for index, shard in enumerate(self._shards)
+            if now >= shard.down_until
+        }
+        infos: list[replay_pb2.GetInfoResponse | None] = [None] * len(self._shards)
+        for index, future in futures.items():
+            try:
+                info = future.result()
+            except grpc.RpcError as error:
+                self._mark_down(index, error)
+                continue
+            shard = self._shards[index]
+            shard.total_mass, shard.size = info.total_priority_mass, info.size
+            shard.min_size_to_sample, shard.known = info.min_size_to_sample, True
+            self._mark_up(index)
+            infos[index] = info
+        self._refreshed_at = time.monotonic()
+        return infos
+
+    # Sampling ---------------------------------------------------------------------
+
+    def sample(self, batch_size: int, importance_exponent: float, max_wait_s: float = 0.0) -> ShardedSample:
+        """One batch drawn as if from a single buffer; ReplayUnavailableError when no shard can serve."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if time.monotonic() - self._refreshed_at >= self._info_refresh_s:
+            self.refresh()
+        excluded: set[int] = set()
+        # Each failed attempt removes at least one shard, so K + 1 attempts suffice.
+        for _ in range(len(self._shards) + 1):
+            now = time.monotonic()
+            eligible = [i for i, s in enumerate(self._shards) if s.sampleable(now) and i not in excluded]
+            if not eligible:
+                break
+            result = self._sample_once(eligible, batch_size, importance_exponent, max_wait_s)
+            if isinstance(result, ShardedSample):
+                return result
+            excluded |= result
+        raise ReplayUnavailableError(
+            f"no replay shard can be sampled now ({self.shards_up()} of {len(self._shards)} reachable)"
+        )
+
+    def _sample_once(
+        self, eligible: list[int], batch_size: int, importance_exponent: float, max_wait_s: float
+    ) -> ShardedSample | set[int]:
+        """Samples the split over ``eligible``; on any shard failure returns the shards to leave out."""
+        split_totals = np.array([self._shards[i].total_mass for i in eligible], dtype=np.float64)
+        split_probabilities = split_totals / split_totals.sum()
+        counts = self._rng.multinomial(batch_size, split_probabilities)
+        calls = {
+            shard_index: self._shards[shard_index].stub.Sample.future(
+                replay_pb2.SampleRequest(batch_size=int(count), max_wait_s=max_wait_s),
+                timeout=self._timeout_s + max_wait_s,
+            )
+            for shard_index, count in zip(eligible, counts, strict=True)
+            if count > 0
+        }
+        replies: dict[int, replay_pb2.SampleResponse] = {}
+        failed: set[int] = set()
+        for shard_index, call in calls.items():
+            try:
+                replies[shard_index] = call.result()
+            except grpc.RpcError as error:
+                failed.add(shard_index)
+                if error.code() in _DOWN_CODES:
+                    self._mark_down(shard_index, error)
+                elif error.code() not in _NOT_NOW_CODES:
+                    raise
+        for shard_index, reply in replies.items():
+            shard = self._shards[shard_index]
+            shard.total_mass, shard.size = reply.total_priority_mass, reply.size
+        if failed:
+            # Keeping the other shards' items would bias the batch; draw it again without these.
+            return failed
+        return self._assemble(eligible, split_probabilities, replies, batch_size, importance_exponent)
+
+    def _assemble(
+        self,
+        eligible: list[int],
+        split_probabilities: NDArray[np.float64],
+        replies: Mapping[int, replay_pb2.SampleResponse],
+        batch_size: int,
+        importance_exponent: float,
+    ) -> ShardedSample:
+        share = dict(zip(eligible, split_probabilities, strict=True))
+        shards, keys, probabilities, column_parts = [], [], [], []
+        for shard_index, reply in replies.items():
+            reply_keys = tensor_codec.decode(reply.keys, "keys")
+            masses = tensor_codec.decode(reply.priority_masses, "priority_masses").astype(np.float64)
+            shards.append(np.full(reply_keys.shape[0], shard_index, dtype=np.int64))
+            keys.append(reply_keys.astype(np.int64, copy=False))
+            probabilities.append(share[shard_index] * masses / reply.total_priority_mass)
+            column_parts.append(tensor_codec.decode_columns(reply.batch))
+        names = column_parts[0].keys()
+        for parts in column_parts[1:]:
+            if parts.keys() != names:
+                raise ValueError(f"shards hold different columns: {sorted(names)} vs {sorted(parts)}")
+        columns = {name: np.concatenate([parts[name] for parts in column_parts]) for name in names}
+        probability = np.concatenate(probabilities)
+        total_size = sum(self._shards[i].size for i in eligible)
+        weights = (total_size * probability) ** -importance_exponent
+        weights /= weights.max()
+        assert probability.shape == (batch_size,)
+        return ShardedSample(
+            shards=np.concatenate(shards),
+            keys=np.concatenate(keys),
+            probabilities=probability,
+            importance_weights=weights.astype(np.float32),
+            columns=columns,
+            total_size=total_size,
+        )
+
+    # Writing ----------------------------------------------------------------------
+
+    def update_priorities(
+        self, shards: NDArray[np.int64], keys: NDArray[np.int64], priorities: NDArray[np.floating]
+    ) -> int:
+        """Sends each key's new priority to the shard that holds it; returns how many were applied.
+
+        Updates meant for a shard that is down are dropped: its items' keys are
+        stale after it restarts anyway.
+        """
+        calls = {}
+        for shard_index in np.unique(shards):
+            mask = shards == shard_index
+            calls[int(shard_index)] = self._shards[int(shard_index)].stub.UpdatePriorities.future(
+                replay_pb2.UpdatePrioritiesRequest(
+                    keys=tensor_codec.encode(keys[mask]),
+                    priorities=tensor_codec.encode(np.asarray(priorities[mask], dtype=np.float64)),
+                ),
+                timeout=self._timeout_s,
+            )
+        updated = 0
+        for shard_index, call in calls.items():
+            try:
+                updated += call.result().updated
+            except grpc.RpcError as error:
+                if error.code() not in _DOWN_CODES:
+                    raise
+                self._mark_down(shard_index, error)
+        return updated
+
+    def insert(
+        self, columns: Mapping[str, NDArray[np.generic]], priorities: NDArray[np.floating], max_wait_s: float = 0.0
+    ) -> tuple[int, NDArray[np.int64]]:
+        """Inserts into the next reachable shard (round robin); returns the shard and the keys."""
+        request = replay_pb2.InsertRequest(
+            batch=tensor_codec.encode_columns(columns),
+            priorities=tensor_codec.encode(np.asarray(priorities, dtype=np.float32)),
+            max_wait_s=max_wait_s,
+        )
+        for _ in range(len(self._shards)):
+            shard_index = self._next_insert_shard
+            self._next_insert_shard = (shard_index + 1) % len(self._shards)
+            shard = self._shards[shard_index]
+            if time.monotonic() < shard.down_until:
+                continue
+            try:
+                reply = shard.stub.Insert(request, timeout=self._timeout_s + max_wait_s)
+            except grpc.RpcError as error:
+                if error.code() not in _DOWN_CODES:
+                    raise
+                self._mark_down(shard_index, error)
+                continue
+            self._mark_up(shard_index)
+            return shard_index, tensor_codec.decode(reply.keys, "keys").astype(np.int64, copy=False)
+        raise ReplayUnavailableError(f"no replay shard accepted the insert ({len(self._shards)} tried)")
