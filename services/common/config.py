@@ -1,4 +1,4 @@
-"""Configuration loading: YAML files and ``section.key=value`` overrides, validated with errors that name the field."""
+"""Configuration loading: YAML and ``section.key=value`` overrides, validated with errors naming the field."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         # Scrapes every few seconds would drown the service's own log lines.
         return
 
@@ -36,7 +36,11 @@ class HttpEndpoint:
     """Serves the three paths on its own daemon threads until :meth:`stop`."""
 
     def __init__(
-        self, registry: CollectorRegistry, ready: Callable[[], bool], host: str = "127.0.0.1", port: int = 0
+        self,
+        registry: CollectorRegistry,
+        ready: Callable[[], bool],
+        host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         self._metrics_app = make_wsgi_app(registry)
         self._ready = ready

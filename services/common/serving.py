@@ -48,7 +48,11 @@ class RunningServer:
     """A started server, its bound port and its health status."""
 
     def __init__(
-        self, server: grpc.Server, port: int, health_servicer: health.HealthServicer, services: Sequence[str]
+        self,
+        server: grpc.Server,
+        port: int,
+        health_servicer: health.HealthServicer,
+        services: Sequence[str],
     ) -> None:
         self.server = server
         self.port = port
@@ -88,7 +92,11 @@ def start_server(
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [
+            *service_names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     address = f"{settings.host}:{settings.port}"
@@ -98,5 +106,10 @@ def start_server(
     server.start()
     running = RunningServer(server, port, health_servicer, service_names)
     running.set_serving(serving)
-    logger.info("grpc server started address=%s:%d services=%s", settings.host, port, ",".join(service_names))
+    logger.info(
+        "grpc server started address=%s:%d services=%s",
+        settings.host,
+        port,
+        ",".join(service_names),
+    )
     return running

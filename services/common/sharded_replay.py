@@ -69,11 +69,16 @@ class _Shard:
     failures: int = field(default=0)
 
     def sampleable(self, now: float) -> bool:
-        return self.known and now >= self.down_until and self.size >= self.min_size_to_sample and self.total_mass > 0
+        return (
+            self.known
+            and now >= self.down_until
+            and self.size >= self.min_size_to_sample
+            and self.total_mass > 0
+        )
 
 
 class ShardedReplayClient:
-    """Samples, inserts and updates priorities across shards; a shard that is down is skipped until it returns."""
+    """Samples, inserts and updates priorities over shards; a shard that is down is skipped meanwhile."""
 
     def __init__(
         self,
@@ -190,14 +195,14 @@ class ShardedReplayClient:
         split_probabilities = split_totals / split_totals.sum()
         counts = self._rng.multinomial(batch_size, split_probabilities)
         calls = {
-            shard_index: self._shards[shard_index].stub.Sample.future(
-                replay_pb2.SampleRequest(batch_size=int(count), max_wait_s=max_wait_s),
+            shard_index: self._shards[shard_index].stub.SampleTransitions.future(
+                replay_pb2.SampleTransitionsRequest(batch_size=int(count), max_wait_s=max_wait_s),
                 timeout=self._timeout_s + max_wait_s,
             )
             for shard_index, count in zip(eligible, counts, strict=True)
             if count > 0
         }
-        replies: dict[int, replay_pb2.SampleResponse] = {}
+        replies: dict[int, replay_pb2.SampleTransitionsResponse] = {}
         failed: set[int] = set()
         for shard_index, call in calls.items():
             try:
@@ -220,7 +225,7 @@ class ShardedReplayClient:
         self,
         eligible: list[int],
         split_probabilities: NDArray[np.float64],
-        replies: Mapping[int, replay_pb2.SampleResponse],
+        replies: Mapping[int, replay_pb2.SampleTransitionsResponse],
         batch_size: int,
         importance_exponent: float,
     ) -> ShardedSample:
@@ -283,10 +288,13 @@ class ShardedReplayClient:
         return updated
 
     def insert(
-        self, columns: Mapping[str, NDArray[np.generic]], priorities: NDArray[np.floating], max_wait_s: float = 0.0
+        self,
+        columns: Mapping[str, NDArray[np.generic]],
+        priorities: NDArray[np.floating],
+        max_wait_s: float = 0.0,
     ) -> tuple[int, NDArray[np.int64]]:
         """Inserts into the next reachable shard (round robin); returns the shard and the keys."""
-        request = replay_pb2.InsertRequest(
+        request = replay_pb2.InsertTransitionsRequest(
             batch=tensor_codec.encode_columns(columns),
             priorities=tensor_codec.encode(np.asarray(priorities, dtype=np.float32)),
             max_wait_s=max_wait_s,
@@ -298,7 +306,7 @@ class ShardedReplayClient:
             if time.monotonic() < shard.down_until:
                 continue
             try:
-                reply = shard.stub.Insert(request, timeout=self._timeout_s + max_wait_s)
+                reply = shard.stub.InsertTransitions(request, timeout=self._timeout_s + max_wait_s)
             except grpc.RpcError as error:
                 if error.code() not in _DOWN_CODES:
                     raise

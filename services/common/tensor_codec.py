@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -10,30 +11,30 @@ from numpy.typing import NDArray
 from apexrl.common.v1 import tensor_pb2
 
 _WIRE_TO_NUMPY: dict[int, np.dtype[np.generic]] = {
-    tensor_pb2.DTYPE_FLOAT32: np.dtype("<f4"),
-    tensor_pb2.DTYPE_FLOAT64: np.dtype("<f8"),
-    tensor_pb2.DTYPE_FLOAT16: np.dtype("<f2"),
-    tensor_pb2.DTYPE_INT8: np.dtype("i1"),
-    tensor_pb2.DTYPE_INT16: np.dtype("<i2"),
-    tensor_pb2.DTYPE_INT32: np.dtype("<i4"),
-    tensor_pb2.DTYPE_INT64: np.dtype("<i8"),
-    tensor_pb2.DTYPE_UINT8: np.dtype("u1"),
-    tensor_pb2.DTYPE_BOOL: np.dtype("?"),
+    tensor_pb2.DATA_TYPE_FLOAT32: np.dtype("<f4"),
+    tensor_pb2.DATA_TYPE_FLOAT64: np.dtype("<f8"),
+    tensor_pb2.DATA_TYPE_FLOAT16: np.dtype("<f2"),
+    tensor_pb2.DATA_TYPE_INT8: np.dtype("i1"),
+    tensor_pb2.DATA_TYPE_INT16: np.dtype("<i2"),
+    tensor_pb2.DATA_TYPE_INT32: np.dtype("<i4"),
+    tensor_pb2.DATA_TYPE_INT64: np.dtype("<i8"),
+    tensor_pb2.DATA_TYPE_UINT8: np.dtype("u1"),
+    tensor_pb2.DATA_TYPE_BOOL: np.dtype("?"),
 }
-_NUMPY_TO_WIRE: dict[str, tensor_pb2.DType.ValueType] = {
-    "float32": tensor_pb2.DTYPE_FLOAT32,
-    "float64": tensor_pb2.DTYPE_FLOAT64,
-    "float16": tensor_pb2.DTYPE_FLOAT16,
-    "int8": tensor_pb2.DTYPE_INT8,
-    "int16": tensor_pb2.DTYPE_INT16,
-    "int32": tensor_pb2.DTYPE_INT32,
-    "int64": tensor_pb2.DTYPE_INT64,
-    "uint8": tensor_pb2.DTYPE_UINT8,
-    "bool": tensor_pb2.DTYPE_BOOL,
+_NUMPY_TO_WIRE: dict[str, tensor_pb2.DataType.ValueType] = {
+    "float32": tensor_pb2.DATA_TYPE_FLOAT32,
+    "float64": tensor_pb2.DATA_TYPE_FLOAT64,
+    "float16": tensor_pb2.DATA_TYPE_FLOAT16,
+    "int8": tensor_pb2.DATA_TYPE_INT8,
+    "int16": tensor_pb2.DATA_TYPE_INT16,
+    "int32": tensor_pb2.DATA_TYPE_INT32,
+    "int64": tensor_pb2.DATA_TYPE_INT64,
+    "uint8": tensor_pb2.DATA_TYPE_UINT8,
+    "bool": tensor_pb2.DATA_TYPE_BOOL,
 }
 
 
-def wire_dtype(dtype: np.dtype[np.generic]) -> tensor_pb2.DType.ValueType:
+def wire_dtype(dtype: np.dtype[np.generic]) -> tensor_pb2.DataType.ValueType:
     """The wire enum for a numpy dtype; TypeError for dtypes the wire does not carry."""
     try:
         return _NUMPY_TO_WIRE[dtype.name]
@@ -57,7 +58,7 @@ def encode(array: NDArray[np.generic] | np.generic) -> tensor_pb2.Tensor:
     return tensor_pb2.Tensor(dtype=dtype, shape=array.shape, data=data)
 
 
-def decode(tensor: tensor_pb2.Tensor, name: str = "tensor") -> NDArray[np.generic]:
+def decode(tensor: tensor_pb2.Tensor, name: str = "tensor") -> NDArray[Any]:
     """A read-only array over the message's bytes; ValueError naming ``name`` when malformed."""
     try:
         dtype = numpy_dtype(tensor.dtype)
@@ -85,7 +86,7 @@ def encode_columns(columns: Mapping[str, NDArray[np.generic]]) -> tensor_pb2.Tra
     return tensor_pb2.TransitionBatch(columns={name: encode(array) for name, array in columns.items()})
 
 
-def decode_columns(batch: tensor_pb2.TransitionBatch) -> dict[str, NDArray[np.generic]]:
+def decode_columns(batch: tensor_pb2.TransitionBatch) -> dict[str, NDArray[Any]]:
     """Decodes every column; the caller checks lengths and signature."""
     return {name: decode(tensor, f"column {name!r}") for name, tensor in batch.columns.items()}
 
@@ -94,7 +95,7 @@ def encode_named(tensors: Mapping[str, NDArray[np.generic]]) -> tensor_pb2.Named
     return tensor_pb2.NamedTensors(tensors={name: encode(array) for name, array in tensors.items()})
 
 
-def decode_named(message: tensor_pb2.NamedTensors) -> dict[str, NDArray[np.generic]]:
+def decode_named(message: tensor_pb2.NamedTensors) -> dict[str, NDArray[Any]]:
     return {name: decode(tensor, f"tensor {name!r}") for name, tensor in message.tensors.items()}
 
 

@@ -56,9 +56,7 @@ class ColumnStore:
 
     @property
     def signature(self) -> dict[str, ColumnSpec]:
-        return {
-            name: ColumnSpec(array.dtype, tuple(array.shape[1:])) for name, array in self._arrays.items()
-        }
+        return {name: ColumnSpec(array.dtype, tuple(array.shape[1:])) for name, array in self._arrays.items()}
 
     @property
     def allocated(self) -> bool:

@@ -24,7 +24,8 @@ def replay_command(
     host: Annotated[str, typer.Option(envvar=_ENV + "HOST", help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar=_ENV + "PORT", help="gRPC port; 0 picks a free one.")] = 0,
     metrics_port: Annotated[
-        int | None, typer.Option(envvar=_ENV + "METRICS_PORT", help="HTTP /metrics /healthz /readyz port.")
+        int | None,
+        typer.Option(envvar=_ENV + "METRICS_PORT", help="HTTP /metrics /healthz /readyz port."),
     ] = None,
     capacity: Annotated[int, typer.Option(envvar=_ENV + "CAPACITY", help="Most items held.")] = 1_000_000,
     priority_exponent: Annotated[
@@ -34,19 +35,25 @@ def replay_command(
         int, typer.Option(envvar=_ENV + "MIN_SIZE_TO_SAMPLE", help="Items needed before sampling.")
     ] = 1,
     samples_per_insert: Annotated[
-        float, typer.Option(envvar=_ENV + "SAMPLES_PER_INSERT", help="Sampled per inserted item; 0 = off.")
+        float,
+        typer.Option(envvar=_ENV + "SAMPLES_PER_INSERT", help="Sampled per inserted item; 0 = off."),
     ] = 0.0,
     samples_per_insert_tolerance: Annotated[
-        float, typer.Option(envvar=_ENV + "SAMPLES_PER_INSERT_TOLERANCE", help="Band half-width, in samples.")
+        float,
+        typer.Option(envvar=_ENV + "SAMPLES_PER_INSERT_TOLERANCE", help="Band half-width, in samples."),
     ] = 0.0,
     snapshot_path: Annotated[
-        Path | None, typer.Option(envvar=_ENV + "SNAPSHOT_PATH", help="Snapshot file, restored on start.")
+        Path | None,
+        typer.Option(envvar=_ENV + "SNAPSHOT_PATH", help="Snapshot file, restored on start."),
     ] = None,
     snapshot_interval_s: Annotated[
-        float, typer.Option(envvar=_ENV + "SNAPSHOT_INTERVAL_S", help="Seconds between snapshots; 0 = on stop.")
+        float,
+        typer.Option(envvar=_ENV + "SNAPSHOT_INTERVAL_S", help="Seconds between snapshots; 0 = on stop."),
     ] = 0.0,
     seed: Annotated[int | None, typer.Option(envvar=_ENV + "SEED", help="Sampling seed.")] = None,
-    max_message_mib: Annotated[int, typer.Option(envvar=_ENV + "MAX_MESSAGE_MIB", help="Message limit, MiB.")] = 64,
+    max_message_mib: Annotated[
+        int, typer.Option(envvar=_ENV + "MAX_MESSAGE_MIB", help="Message limit, MiB.")
+    ] = 64,
     log_level: Annotated[str, typer.Option(envvar="APEXRL_LOG_LEVEL", help="Logging level.")] = "INFO",
 ) -> None:
     """Run one replay shard (prioritized experience replay over gRPC)."""

@@ -10,7 +10,21 @@ from prometheus_client.registry import Collector
 
 from services.replay.table import PrioritizedTable
 
-_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+_LATENCY_BUCKETS_S = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    10.0,
+)
 
 
 class _TableCollector(Collector):
@@ -24,16 +38,28 @@ class _TableCollector(Collector):
         gauges = {
             "apexrl_replay_size": ("Items held by the shard.", info.size),
             "apexrl_replay_capacity": ("Most items the shard holds.", info.capacity),
-            "apexrl_replay_total_priority": ("Sum of priority^alpha over held items.", info.total_priority_mass),
-            "apexrl_replay_incarnation": ("Starts of this shard's table across restarts.", info.incarnation),
+            "apexrl_replay_total_priority": (
+                "Sum of priority^alpha over held items.",
+                info.total_priority_mass,
+            ),
+            "apexrl_replay_incarnation": (
+                "Starts of this shard's table across restarts.",
+                info.incarnation,
+            ),
         }
         for name, (documentation, value) in gauges.items():
             yield GaugeMetricFamily(name, documentation, value=value)
         counters = {
             "apexrl_replay_inserts": ("Items inserted (survives restarts).", info.inserts),
             "apexrl_replay_samples": ("Items sampled (survives restarts).", info.samples),
-            "apexrl_replay_priority_updates": ("Priorities updated (survives restarts).", info.priority_updates),
-            "apexrl_replay_rate_limiter_waits": ("Calls the rate limiter held back.", info.rate_limiter_waits),
+            "apexrl_replay_priority_updates": (
+                "Priorities updated (survives restarts).",
+                info.priority_updates,
+            ),
+            "apexrl_replay_rate_limiter_waits": (
+                "Calls the rate limiter held back.",
+                info.rate_limiter_waits,
+            ),
         }
         for name, (documentation, value) in counters.items():
             yield CounterMetricFamily(name, documentation, value=value)

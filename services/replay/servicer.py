@@ -91,26 +91,34 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
         finally:
             self._metrics.request_seconds.labels(method).observe(time.perf_counter() - started)
 
-    def _abort(self, method: str, context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    def _abort(
+        self, method: str, context: grpc.ServicerContext, code: grpc.StatusCode, message: str
+    ) -> NoReturn:
         self._metrics.request_errors.labels(method, code.name).inc()
         if code == grpc.StatusCode.INTERNAL:
             logger.error("rpc failed method=%s code=%s error=%s", method, code.name, message)
         context.abort(code, message)
 
-    def Insert(self, request: replay_pb2.InsertRequest, context: grpc.ServicerContext) -> replay_pb2.InsertResponse:
-        def insert() -> replay_pb2.InsertResponse:
+    def InsertTransitions(
+        self, request: replay_pb2.InsertTransitionsRequest, context: grpc.ServicerContext
+    ) -> replay_pb2.InsertTransitionsResponse:
+        def insert() -> replay_pb2.InsertTransitionsResponse:
             columns = tensor_codec.decode_columns(request.batch)
-            priorities = tensor_codec.decode(request.priorities, "priorities")
             count = batch_length(columns)
+            priorities = tensor_codec.decode(request.priorities, "priorities")
             if count > MAX_INSERT_ITEMS:
                 raise ValueError(f"insert of {count} items exceeds the maximum of {MAX_INSERT_ITEMS}")
             keys = self._table.insert(columns, priorities, _allowed_wait_s(request.max_wait_s, context))
-            return replay_pb2.InsertResponse(keys=tensor_codec.encode(keys), size=self._table.info().size)
+            return replay_pb2.InsertTransitionsResponse(
+                keys=tensor_codec.encode(keys), size=self._table.info().size
+            )
 
-        return self._serve("Insert", context, insert)
+        return self._serve("InsertTransitions", context, insert)
 
-    def Sample(self, request: replay_pb2.SampleRequest, context: grpc.ServicerContext) -> replay_pb2.SampleResponse:
-        def sample() -> replay_pb2.SampleResponse:
+    def SampleTransitions(
+        self, request: replay_pb2.SampleTransitionsRequest, context: grpc.ServicerContext
+    ) -> replay_pb2.SampleTransitionsResponse:
+        def sample() -> replay_pb2.SampleTransitionsResponse:
             batch_size = request.batch_size
             if not 1 <= batch_size <= MAX_SAMPLE_BATCH:
                 raise ValueError(f"batch_size must be in 1..{MAX_SAMPLE_BATCH}, got {batch_size}")
@@ -118,11 +126,12 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
             reply_bytes = batch_size * (item_bytes + _REPLY_PER_ITEM_BYTES) + _REPLY_OVERHEAD_BYTES
             if reply_bytes > self._max_message_bytes:
                 raise MessageTooLargeError(
-                    f"a sample of {batch_size} items of {item_bytes} bytes needs a ~{reply_bytes} byte reply, "
+                    f"a sample of {batch_size} items of {item_bytes} bytes needs a ~{reply_bytes} byte "
+                    "reply, "
                     f"above the {self._max_message_bytes} byte message limit; sample fewer items"
                 )
             items = self._table.sample(batch_size, _allowed_wait_s(request.max_wait_s, context))
-            return replay_pb2.SampleResponse(
+            return replay_pb2.SampleTransitionsResponse(
                 keys=tensor_codec.encode(items.keys),
                 priority_masses=tensor_codec.encode(items.priority_masses),
                 batch=tensor_codec.encode_columns(items.columns),
@@ -130,7 +139,7 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
                 size=items.size,
             )
 
-        return self._serve("Sample", context, sample)
+        return self._serve("SampleTransitions", context, sample)
 
     def UpdatePriorities(
         self, request: replay_pb2.UpdatePrioritiesRequest, context: grpc.ServicerContext
@@ -143,7 +152,9 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
 
         return self._serve("UpdatePriorities", context, update)
 
-    def GetInfo(self, request: replay_pb2.GetInfoRequest, context: grpc.ServicerContext) -> replay_pb2.GetInfoResponse:
+    def GetInfo(
+        self, request: replay_pb2.GetInfoRequest, context: grpc.ServicerContext
+    ) -> replay_pb2.GetInfoResponse:
         def get_info() -> replay_pb2.GetInfoResponse:
             info = self._table.info()
             return replay_pb2.GetInfoResponse(
@@ -159,7 +170,8 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
                 priority_updates=info.priority_updates,
                 rate_limiter_waits=info.rate_limiter_waits,
                 signature={
-                    name: tensor_codec.encode_spec(spec.dtype, spec.shape) for name, spec in info.signature.items()
+                    name: tensor_codec.encode_spec(spec.dtype, spec.shape)
+                    for name, spec in info.signature.items()
                 },
                 incarnation=info.incarnation,
             )
@@ -176,4 +188,3 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
             return replay_pb2.SaveSnapshotResponse(path=result.path, size=result.size, bytes=result.bytes)
 
         return self._serve("SaveSnapshot", context, save)
-

@@ -11,22 +11,29 @@ from services.common.config import StrictModel
 
 
 class ReplayShardSettings(StrictModel):
-    """Every knob of a replay shard; flags and APEXRL_REPLAY_* variables fill it (see `apexrl replay --help`)."""
+    """Every knob of a replay shard; flags or APEXRL_REPLAY_* variables fill it (`apexrl replay --help`)."""
 
     host: str = Field("127.0.0.1", description="Interface the gRPC server binds.")
     port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     metrics_port: int | None = Field(
-        None, ge=0, le=65535, description="HTTP port for /metrics, /healthz, /readyz; 0 picks a free one."
+        None,
+        ge=0,
+        le=65535,
+        description="HTTP port for /metrics, /healthz, /readyz; 0 picks a free one.",
     )
     capacity: int = Field(1_000_000, ge=1, le=(1 << 40) - 1, description="Most items held (FIFO eviction).")
     priority_exponent: float = Field(0.6, ge=0.0, le=10.0, description="alpha in P(i) ~ p_i^alpha.")
     min_size_to_sample: int = Field(1, ge=1, description="Items needed before sampling.")
-    samples_per_insert: float = Field(0.0, ge=0.0, description="Target sampled items per inserted item; 0 = off.")
+    samples_per_insert: float = Field(
+        0.0, ge=0.0, description="Target sampled items per inserted item; 0 = off."
+    )
     samples_per_insert_tolerance: float = Field(
         0.0, ge=0.0, description="Half-width of the allowed band around the ratio, in samples."
     )
     snapshot_path: Path | None = Field(None, description="Snapshot file; restored on start when present.")
-    snapshot_interval_s: float = Field(0.0, ge=0.0, description="Seconds between snapshots; 0 = on stop only.")
+    snapshot_interval_s: float = Field(
+        0.0, ge=0.0, description="Seconds between snapshots; 0 = on stop only."
+    )
     seed: int | None = Field(None, ge=0, description="Seed of the sampling generator.")
     max_message_mib: int = Field(64, ge=1, le=2047, description="gRPC message limit in each direction, MiB.")
     max_workers: int = Field(16, ge=1, le=1024, description="gRPC server threads.")

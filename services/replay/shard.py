@@ -77,7 +77,10 @@ class ReplayShard:
         self._http: HttpEndpoint | None = None
         if settings.metrics_port is not None:
             self._http = HttpEndpoint(
-                self.metrics.registry, lambda: not self._stopping.is_set(), settings.host, settings.metrics_port
+                self.metrics.registry,
+                lambda: not self._stopping.is_set(),
+                settings.host,
+                settings.metrics_port,
             ).start()
         self._snapshotter: threading.Thread | None = None
         if settings.snapshot_path is not None and settings.snapshot_interval_s > 0:

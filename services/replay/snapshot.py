@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from services.replay.table import TableState
@@ -47,9 +46,11 @@ def load_snapshot(path: Path) -> TableState:
         with safe_open(str(path), framework="np") as reader:
             metadata = reader.metadata() or {}
             if metadata.get("format") != FORMAT:
-                raise ValueError(f"{path} is not an apexrl replay snapshot (format {metadata.get('format')!r})")
+                raise ValueError(
+                    f"{path} is not an apexrl replay snapshot (format {metadata.get('format')!r})"
+                )
             tensors = {name: reader.get_tensor(name) for name in reader.keys()}  # noqa: SIM118
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, SafetensorError) as error:
         raise ValueError(f"cannot read replay snapshot {path}: {error}") from error
     try:
         counters = {name: int(metadata[name]) for name in _COUNTERS}

@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from services.replay.columns import ColumnSpec, Columns, ColumnStore, batch_length, signature_of
+from services.replay.columns import Columns, ColumnSpec, ColumnStore, batch_length, signature_of
 from services.replay.rate_limiter import (
     NotEnoughDataError,
     RateLimitedError,
@@ -82,7 +83,7 @@ def check_priorities(priorities: NDArray[np.generic], count: int) -> NDArray[np.
     if bad.any():
         index = int(np.flatnonzero(bad)[0])
         raise ValueError(
-            f"priorities must be finite and >= 0: priority[{index}] = {values[index]!r} "
+            f"priorities must be finite and >= 0: priority[{index}] = {float(values[index])!r} "
             f"({int(bad.sum())} bad of {count})"
         )
     return values
@@ -135,7 +136,9 @@ class PrioritizedTable:
                 f"{what} held back by the samples-per-insert rate limiter for {max(max_wait_s, 0):.3g} s"
             )
 
-    def insert(self, columns: Columns, priorities: NDArray[np.generic], max_wait_s: float) -> NDArray[np.int64]:
+    def insert(
+        self, columns: Columns, priorities: NDArray[np.generic], max_wait_s: float
+    ) -> NDArray[np.int64]:
         """Appends a batch, evicting the oldest items when full; returns the new keys."""
         count = batch_length(columns)
         if count > self._capacity:
@@ -187,10 +190,11 @@ class PrioritizedTable:
             self._condition.notify_all()
             return SampledItems(keys, masses, columns, total, self._size())
 
-    def update_priorities(self, keys: NDArray[np.generic], priorities: NDArray[np.generic]) -> PriorityUpdateResult:
+    def update_priorities(self, keys: NDArray[Any], priorities: NDArray[np.generic]) -> PriorityUpdateResult:
         """Applies priorities to live items; stale keys are skipped, unknown keys rejected."""
         if keys.dtype != np.int64 or keys.ndim != 1:
             raise ValueError(f"keys must be int64 [M], got {keys.dtype.name}{list(keys.shape)}")
+        keys = keys.astype(np.int64, copy=False)
         values = check_priorities(priorities, keys.shape[0])
         masses = values if self._alpha == 1.0 else np.power(values, self._alpha)
         incarnations = keys >> SEQUENCE_BITS
@@ -263,4 +267,3 @@ class PrioritizedTable:
         self._incarnation = state.incarnation + 1
         self._samples = state.samples
         self._priority_updates = state.priority_updates
-

@@ -1,0 +1,1 @@
+"""Benchmarks that measure the services against bare gRPC references on the same machine."""

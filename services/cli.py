@@ -1,0 +1,56 @@
+"""The ``apexrl`` command line: one subcommand per role."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from services.common.health_probe import health_status
+from services.replay.command import replay_command
+from services.replay.demo import run_demo
+
+app = typer.Typer(
+    help="apexrl: Ape-X style distributed prioritized experience replay and off-policy RL over gRPC.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command("replay")(replay_command)
+
+
+@app.command("demo")
+def demo_command(
+    shards: Annotated[int, typer.Option(min=1, max=64, help="Replay shard processes to start.")] = 2,
+    seconds: Annotated[float, typer.Option(min=1.0, help="How long to run.")] = 15.0,
+    capacity: Annotated[int, typer.Option(min=1000, help="Capacity of each shard.")] = 200_000,
+    run_dir: Annotated[Path, typer.Option(help="Where the shards' logs go.")] = Path("runs/demo"),
+) -> None:
+    """Start local replay shards and stream transitions through them, showing live rates."""
+    console = Console(stderr=True)
+    result = run_demo(shards, seconds, capacity, run_dir, console)
+    if console.is_terminal:
+        console.print(
+            f"[bold green]done[/]: {result['inserted_per_s']:,.0f} transitions/s inserted, "
+            f"{result['sampled_per_s']:,.0f}/s sampled with priority updates over {shards} shards"
+        )
+    typer.echo(json.dumps(result))
+
+
+@app.command("health")
+def health_command(
+    target: Annotated[str, typer.Argument(help="host:port of any apexrl service.")],
+    service: Annotated[str, typer.Option(help="Service name to check; empty for the whole server.")] = "",
+    timeout_s: Annotated[float, typer.Option(help="Deadline of the check.")] = 2.0,
+) -> None:
+    """Exit 0 if the service answers SERVING to the gRPC health check (for container HEALTHCHECKs)."""
+    status = health_status(target, service, timeout_s)
+    typer.echo(status)
+    if status != "SERVING":
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,29 @@
+"""Client side of the standard gRPC health check, for tests, supervisors and container HEALTHCHECKs."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.channels import create_channel
+
+
+def health_status(target: str, service: str = "", timeout_s: float = 2.0) -> str:
+    """The status (SERVING, NOT_SERVING, ...) of ``service`` at ``target``, or the RPC error code."""
+    channel = create_channel(target)
+    try:
+        stub = health_pb2_grpc.HealthStub(channel)
+        # The typeshed stub for HealthStub declares no methods; the generated class has them.
+        check = stub.Check  # type: ignore[attr-defined]
+        reply: health_pb2.HealthCheckResponse = check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
+        )
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    except grpc.RpcError as error:
+        return str(error.code().name)
+    finally:
+        channel.close()
+
+
+def is_serving(target: str, service: str = "", timeout_s: float = 2.0) -> bool:
+    return health_status(target, service, timeout_s) == "SERVING"

@@ -1,0 +1,95 @@
+"""The shard as users start it: ``python -m services.replay``, SIGTERM, restart from its snapshot."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from apexrl.replay.v1 import replay_pb2, replay_pb2_grpc
+from services.common import tensor_codec
+from services.common.channels import create_channel
+from services.common.health_probe import is_serving
+from tests.integration.conftest import transitions
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start(*flags: str) -> tuple[subprocess.Popen[str], str]:
+    """Starts a shard process and reads its address from the start-up log line."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.replay", *flags],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    deadline = time.monotonic() + 60
+    for line in process.stderr:
+        match = re.search(r"replay shard serving address=(\S+)", line)
+        if match:
+            return process, match.group(1)
+        assert time.monotonic() < deadline
+    process.wait(timeout=10)
+    pytest.fail(f"shard exited with {process.returncode} before serving")
+
+
+def stop(process: subprocess.Popen[str]) -> int:
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=30)
+
+
+def test_sigterm_drains_snapshots_and_a_restart_restores(tmp_path: Path) -> None:
+    snapshot = tmp_path / "shard.safetensors"
+    flags = ["--capacity", "1000", "--snapshot-path", str(snapshot)]
+    process, address = start(*flags, "--port", "0")
+    try:
+        stub = replay_pb2_grpc.ReplayServiceStub(create_channel(address))
+        request = replay_pb2.InsertTransitionsRequest(
+            batch=tensor_codec.encode_columns(transitions(0, 40)),
+            priorities=tensor_codec.encode(np.ones(40)),
+        )
+        stub.InsertTransitions(request, timeout=10)
+    finally:
+        assert stop(process) == 0
+    assert snapshot.exists()
+
+    port = address.rsplit(":", 1)[1]
+    process, address = start(*flags, "--port", port)
+    try:
+        channel = create_channel(address)
+        assert is_serving(address)
+        info = replay_pb2_grpc.ReplayServiceStub(channel).GetInfo(replay_pb2.GetInfoRequest(), timeout=10)
+        assert (info.size, info.inserts, info.incarnation) == (40, 40, 2)
+    finally:
+        assert stop(process) == 0
+
+
+def test_invalid_flags_exit_with_a_message_naming_the_field() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "services.replay", "--capacity", "0", "--priority-exponent", "-1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "capacity: Input should be greater than or equal to 1, got 0" in result.stderr
+    assert "priority_exponent: Input should be greater than or equal to 0" in result.stderr
+
+
+def test_a_stopped_process_refuses_connections_rather_than_hanging() -> None:
+    process, address = start("--capacity", "10", "--port", "0")
+    assert stop(process) == 0
+    stub = replay_pb2_grpc.ReplayServiceStub(create_channel(address))
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetInfo(replay_pb2.GetInfoRequest(), timeout=2)
+    assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
