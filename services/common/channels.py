@@ -1,8 +1,10 @@
-"""Client channels with explicit message limits and retries on UNAVAILABLE declared in service config."""
+"""Client channels: explicit message limits, a default deadline, retries on UNAVAILABLE."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
@@ -10,7 +12,7 @@ from services.common.serving import DEFAULT_MAX_MESSAGE_BYTES, message_size_opti
 
 # gRPC retries transparently, with exponential backoff, any call that fails with
 # UNAVAILABLE (a server restarting, a connection refused). Every call still
-# carries its own deadline, so a retrying call never outlives it.
+# carries a deadline, so a retrying call never outlives it.
 _RETRY_SERVICE_CONFIG = {
     "methodConfig": [
         {
@@ -26,9 +28,54 @@ _RETRY_SERVICE_CONFIG = {
     ]
 }
 
+DEFAULT_TIMEOUT_S = 30.0
 
-def create_channel(target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.Channel:
-    """An insecure channel to ``target`` (host:port) with retries and the shared message limits."""
+
+class _ClientCallDetails(grpc.ClientCallDetails):
+    def __init__(self, details: grpc.ClientCallDetails, timeout: float) -> None:
+        self.method = details.method
+        self.timeout = timeout
+        self.metadata = details.metadata
+        self.credentials = details.credentials
+        self.wait_for_ready = getattr(details, "wait_for_ready", None)
+        self.compression = getattr(details, "compression", None)
+
+
+class _DefaultDeadline(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Gives every call that names no timeout a default one, so no call can hang forever."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        if details.timeout is not None:
+            return details
+        return _ClientCallDetails(details, self._timeout_s)
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+def create_channel(
+    target: str,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    default_timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> grpc.Channel:
+    """An insecure channel to ``target`` (host:port) with retries, a default deadline and limits."""
     options: list[tuple[str, int | str]] = [
         *message_size_options(max_message_bytes),
         ("grpc.enable_retries", 1),
@@ -40,4 +87,5 @@ def create_channel(target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYT
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 2000),
     ]
-    return grpc.insecure_channel(target, options=options)
+    channel = grpc.insecure_channel(target, options=options)
+    return grpc.intercept_channel(channel, _DefaultDeadline(default_timeout_s))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -295,3 +296,20 @@ def test_a_shard_restarted_from_its_snapshot_holds_the_same_items(
     assert info.signature["observation"] == tensor_pb2.TensorSpec(
         dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[4]
     )
+
+
+def test_a_call_without_a_timeout_gets_the_channel_default_deadline(start_shard: ShardFactory) -> None:
+    shard = start_shard(
+        capacity=100, min_size_to_sample=2, samples_per_insert=1.0, samples_per_insert_tolerance=2.0
+    )
+    stub = replay_pb2_grpc.ReplayServiceStub(create_channel(shard.address, default_timeout_s=0.5))
+    stub.InsertTransitions(insert_request(0, 2))
+    stub.SampleTransitions(replay_pb2.SampleTransitionsRequest(batch_size=2))
+    # The caller would wait 30 s; the server caps the wait at the propagated 0.5 s deadline.
+    request = replay_pb2.SampleTransitionsRequest(batch_size=1, max_wait_s=30.0)
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.SampleTransitions(request)
+    assert time.monotonic() - started < 15.0  # a behaviour bound: without the deadline it takes 30 s
+    assert caught.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED)
+    assert stub.GetInfo(replay_pb2.GetInfoRequest()).samples == 2
