@@ -43,20 +43,20 @@ class SumTree:
         return view
 
     def set(self, slots: NDArray[np.int64], masses: NDArray[np.float64]) -> None:
-        """Set leaf masses (the last one wins for repeated slots), then fix their ancestors."""
+        """Set leaf masses (the last one wins for repeated slots), then fix their ancestors.
+
+        Repeated ancestors are recomputed more than once from the same children,
+        which writes the same value: cheaper than deduplicating at every level.
+        """
         if slots.size == 0:
             return
-        order = np.argsort(slots, kind="stable")
-        nodes = slots[order] + self._leaf_base
-        self._nodes[nodes] = masses[order]
+        nodes = slots + self._leaf_base
+        self._nodes[nodes] = masses
+        left = np.empty_like(nodes)
         for _ in range(self._depth):
-            nodes = nodes // 2
-            # Sorted input stays sorted; dropping repeats keeps each level's work small.
-            keep = np.empty(nodes.size, dtype=bool)
-            keep[0] = True
-            np.not_equal(nodes[1:], nodes[:-1], out=keep[1:])
-            nodes = nodes[keep]
-            self._nodes[nodes] = self._nodes[2 * nodes] + self._nodes[2 * nodes + 1]
+            np.floor_divide(nodes, 2, out=nodes)
+            np.multiply(nodes, 2, out=left)
+            self._nodes[nodes] = np.take(self._nodes, left) + np.take(self._nodes, left + 1)
 
     def set_range(self, start: int, masses: NDArray[np.float64]) -> None:
         """Set the masses of the contiguous slots ``start .. start + len(masses) - 1``.
@@ -79,14 +79,32 @@ class SumTree:
     def sample(self, uniforms: NDArray[np.float64]) -> NDArray[np.int64]:
         """Slots for draws ``uniforms`` in [0, 1), each with probability mass / total.
 
-        The descent never enters a subtree of zero mass, so rounding at a
-        boundary cannot return an empty or zero-priority slot.
+        Each level of the descent is a handful of in-place ufunc calls over the
+        whole batch (the per-call overhead, not the arithmetic, dominates at replay
+        batch sizes). Rounding can, rarely, carry a draw onto a slot of zero mass at
+        an interval boundary; those draws alone are redone with a guarded descent.
         """
         total = self._nodes[1]
         if not total > 0.0:
             raise ValueError("cannot sample from a sum tree whose total mass is 0")
         targets = uniforms * total
         nodes = np.ones(uniforms.shape, dtype=np.int64)
+        left_mass = np.empty(uniforms.shape, dtype=np.float64)
+        go_right = np.empty(uniforms.shape, dtype=bool)
+        for _ in range(self._depth):
+            np.multiply(nodes, 2, out=nodes)
+            np.take(self._nodes, nodes, out=left_mass)
+            np.greater_equal(targets, left_mass, out=go_right)
+            np.subtract(targets, left_mass, out=targets, where=go_right)
+            np.add(nodes, go_right, out=nodes)
+        empty = self._nodes[nodes] <= 0.0
+        if empty.any():
+            nodes[empty] = self._guarded_descent(uniforms[empty] * total)
+        return nodes - self._leaf_base
+
+    def _guarded_descent(self, targets: NDArray[np.float64]) -> NDArray[np.int64]:
+        """The descent that never enters a subtree of zero mass."""
+        nodes = np.ones(targets.shape, dtype=np.int64)
         for _ in range(self._depth):
             left = 2 * nodes
             left_mass = self._nodes[left]
@@ -94,4 +112,4 @@ class SumTree:
             go_right = ((targets >= left_mass) & (right_mass > 0.0)) | (left_mass <= 0.0)
             targets = np.where(go_right, targets - left_mass, np.minimum(targets, left_mass))
             nodes = left + go_right
-        return nodes - self._leaf_base
+        return nodes

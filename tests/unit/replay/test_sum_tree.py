@@ -83,6 +83,9 @@ def test_draws_at_the_edges_never_return_zero_mass_slots() -> None:
     assert set(slots.tolist()) <= {2, 5}
     assert slots[0] == 2
     assert slots[-1] == 5
+    # A draw that rounds up to the total itself walks right into empty slots on the
+    # plain descent; the guarded descent brings it back to the last positive slot.
+    assert tree.sample(np.array([1.0])).tolist() == [5]
 
 
 def test_sampling_frequencies_follow_the_masses() -> None:
