@@ -9,7 +9,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from services.actor.command import actor_command, evaluator_command
 from services.common.health_probe import health_status
+from services.launcher.command import run_command
+from services.learner.command import learner_command
 from services.replay.command import replay_command
 from services.replay.demo import run_demo
 
@@ -18,7 +21,11 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.command("run")(run_command)
 app.command("replay")(replay_command)
+app.command("learner")(learner_command)
+app.command("actor")(actor_command)
+app.command("evaluator")(evaluator_command)
 
 
 @app.command("demo")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import re
 import signal
 import subprocess
@@ -13,25 +14,43 @@ from pathlib import Path
 from typing import IO
 
 _ADDRESS = re.compile(r"serving address=(\S+)")
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel sends it SIGTERM if the launcher dies (no orphans)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class LocalProcess:
-    """Runs ``python -m MODULE ARGS``, waits until it serves and copies its log to ``log_path``."""
+    """Runs ``python -m services ARGS`` in its own session and copies its log to ``log_path``.
+
+    With ``wait_for_address`` it blocks until the child logs ``serving address=HOST:PORT``.
+    The child gets its own session so a terminal's Ctrl-C reaches only the launcher,
+    which then stops the children in order.
+    """
 
     def __init__(
-        self, module: str, args: Sequence[str], log_path: Path, start_timeout_s: float = 60.0
+        self,
+        args: Sequence[str],
+        log_path: Path,
+        wait_for_address: bool = True,
+        start_timeout_s: float = 120.0,
     ) -> None:
-        self.module = module
+        self.args = list(args)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
+            [sys.executable, "-m", "services", *args],
             stderr=subprocess.PIPE,
             stdout=self._log,
             text=True,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads touch state between fork and exec here
         )
         assert self.process.stderr is not None
-        self.address = self._read_address(self.process.stderr, start_timeout_s)
+        self.address = self._read_address(self.process.stderr, start_timeout_s) if wait_for_address else ""
         # Keep draining stderr, or the child blocks once the pipe buffer fills.
         self._drain = threading.Thread(target=self._copy_log, args=(self.process.stderr,), daemon=True)
         self._drain.start()
@@ -42,29 +61,35 @@ class LocalProcess:
             self._log.write(line)
             match = _ADDRESS.search(line)
             if match:
+                self._log.flush()
                 return match.group(1)
             if time.monotonic() > deadline:
                 break
         self.process.kill()
+        self.process.wait()
         self._log.close()
-        raise RuntimeError(
-            f"{self.module} did not start serving (exit code {self.process.poll()}); see its log"
-        )
+        raise RuntimeError(f"`apexrl {self.args[0]}` did not start (exit code {self.process.returncode})")
 
     def _copy_log(self, stream: IO[str]) -> None:
         for line in stream:
             self._log.write(line)
             self._log.flush()
 
-    def stop(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``; returns the exit code."""
+    def exit_code(self) -> int | None:
+        return self.process.poll()
+
+    def terminate(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``; returns the exit code."""
+        self.terminate()
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
         self._drain.join(timeout=5)
         self._log.close()
         return self.process.returncode

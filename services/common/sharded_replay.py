@@ -62,6 +62,7 @@ class _Shard:
     channel: grpc.Channel
     total_mass: float = 0.0
     size: int = 0
+    capacity: int = 0
     min_size_to_sample: int = 1
     down_until: float = 0.0
     backoff_s: float = 0.0
@@ -113,6 +114,12 @@ class ShardedReplayClient:
         now = time.monotonic()
         return sum(1 for shard in self._shards if shard.known and now >= shard.down_until)
 
+    def totals(self) -> tuple[int, int]:
+        """Items held and capacity over the shards known to be up, as last seen."""
+        now = time.monotonic()
+        up = [shard for shard in self._shards if shard.known and now >= shard.down_until]
+        return sum(shard.size for shard in up), sum(shard.capacity for shard in up)
+
     def close(self) -> None:
         for shard in self._shards:
             shard.channel.close()
@@ -158,7 +165,8 @@ class ShardedReplayClient:
                 continue
             shard = self._shards[index]
             shard.total_mass, shard.size = info.total_priority_mass, info.size
-            shard.min_size_to_sample, shard.known = info.min_size_to_sample, True
+            shard.min_size_to_sample, shard.capacity = info.min_size_to_sample, info.capacity
+            shard.known = True
             self._mark_up(index)
             infos[index] = info
         self._refreshed_at = time.monotonic()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +10,7 @@ import typer
 
 from services.common.config import ConfigError, validate
 from services.common.logs import configure_logging
+from services.common.signals import wait_for_stop_signal
 from services.replay.settings import ReplayShardSettings
 from services.replay.shard import ReplayShard
 
@@ -65,14 +64,6 @@ def replay_command(
     except (ConfigError, ValueError) as error:
         typer.echo(f"apexrl replay: {error}", err=True)
         raise typer.Exit(2) from None
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: object) -> None:
-        logger.info("stopping signal=%s", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
     logger.info("replay shard serving address=%s metrics_port=%s", shard.address, shard.metrics_port)
-    stop.wait()
+    wait_for_stop_signal()
     shard.stop()

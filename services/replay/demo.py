@@ -41,8 +41,7 @@ def run_demo(shards: int, seconds: float, capacity: int, run_dir: Path, console:
     """Runs the demo and returns its final rates."""
     processes = [
         LocalProcess(
-            "services.replay",
-            ["--port", "0", "--capacity", str(capacity), "--seed", str(index)],
+            ["replay", "--port", "0", "--capacity", str(capacity), "--seed", str(index)],
             run_dir / f"replay-{index}.log",
         )
         for index in range(shards)

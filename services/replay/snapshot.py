@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from services.common.atomic_files import write_atomically
 from services.replay.table import TableState
 
 FORMAT = "apexrl.replay.snapshot/1"
@@ -19,25 +19,11 @@ _COUNTERS = ("capacity", "next_sequence", "incarnation", "samples", "priority_up
 
 def save_snapshot(state: TableState, path: Path) -> int:
     """Writes ``state`` to ``path`` via a temporary file and an atomic rename; returns bytes written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {_COLUMN_PREFIX + name: np.ascontiguousarray(array) for name, array in state.columns.items()}
     tensors[_MASSES] = np.ascontiguousarray(state.priority_masses, dtype=np.float64)
     metadata = {"format": FORMAT, "priority_exponent": repr(state.priority_exponent)}
     metadata.update({name: str(getattr(state, name)) for name in _COUNTERS})
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(temporary), metadata=metadata)
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return path.stat().st_size
+    return write_atomically(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
 
 
 def load_snapshot(path: Path) -> TableState:

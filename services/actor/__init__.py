@@ -1,0 +1,1 @@
+"""The actor: environments, exploration, n-step transitions, local priorities."""

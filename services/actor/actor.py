@@ -1,0 +1,204 @@
+"""An Ape-X actor: acts epsilon-greedily, streams prioritized n-step transitions, refreshes parameters."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import grpc
+import numpy as np
+import torch
+from google.protobuf import json_format
+from numpy.typing import NDArray
+
+from apexrl.learner.v1 import learner_pb2
+from services.actor.learner_client import LearnerClient, NotRegisteredError
+from services.actor.metrics import ActorMetrics
+from services.actor.n_step import Columns, NStepBuilder
+from services.actor.policy import epsilon_greedy, initial_priorities
+from services.actor.rollout import Rollout
+from services.common.environments import discrete_action_count, make_environment, observation_shape
+from services.common.experiment import network_kind_name
+from services.common.networks import NetworkSpec, QNetwork, build_q_network
+from services.common.sharded_replay import ReplayUnavailableError, ShardedReplayClient
+
+logger = logging.getLogger(__name__)
+
+# Transitions kept while no shard accepts them; beyond it the oldest are dropped.
+_MAX_OUTBOX_BATCHES = 64
+
+
+def build_network(spec: learner_pb2.ExperimentSpec) -> tuple[QNetwork, Any]:
+    """The spec's environment and the Q network that fits it."""
+    options = json_format.MessageToDict(spec.environment_options)
+    environment = make_environment(spec.environment_id, options, spec.frame_stack or 1)
+    network_spec = NetworkSpec(
+        kind=network_kind_name(spec.network.kind),
+        hidden_sizes=tuple(spec.network.hidden_sizes),
+        dueling=spec.network.dueling,
+    )
+    network = build_q_network(
+        network_spec, observation_shape(environment), discrete_action_count(environment)
+    )
+    network.eval()
+    return network, environment
+
+
+class Outbox:
+    """Transitions waiting to be inserted; sent in batches, kept (bounded) while the replay is away."""
+
+    def __init__(self, replay: ShardedReplayClient, batch_size: int, metrics: ActorMetrics) -> None:
+        self._replay = replay
+        self._batch_size = batch_size
+        self._metrics = metrics
+        self._parts: list[Columns] = []
+        self._count = 0
+        self._retry_at = 0.0
+
+    def add(self, columns: Columns) -> None:
+        rows = len(columns["reward"])
+        if rows:
+            self._parts.append(columns)
+            self._count += rows
+
+    def ready(self) -> bool:
+        return self._count >= self._batch_size and time.monotonic() >= self._retry_at
+
+    def send(self, network: QNetwork) -> None:
+        """Inserts everything held with priorities from ``network``; keeps it if no shard accepts."""
+        if not self._count:
+            return
+        columns = {name: np.concatenate([part[name] for part in self._parts]) for name in self._parts[0]}
+        priorities = initial_priorities(network, columns)
+        try:
+            self._replay.insert(columns, priorities)
+        except (ReplayUnavailableError, grpc.RpcError) as error:
+            self._retry_at = time.monotonic() + 1.0
+            self._parts = [columns]
+            excess = self._count - _MAX_OUTBOX_BATCHES * self._batch_size
+            if excess > 0:
+                self._parts = [{name: column[excess:] for name, column in columns.items()}]
+                self._count -= excess
+            logger.warning("insert failed, keeping %d transitions error=%s", self._count, error)
+            return
+        self._metrics.transitions_sent.inc(self._count)
+        self._parts, self._count = [], 0
+
+
+class Actor:
+    """One actor process; survives the learner or any shard going away and coming back."""
+
+    def __init__(self, learner: LearnerClient, client_name: str, metrics: ActorMetrics) -> None:
+        self._learner = learner
+        self._client_name = client_name
+        self._metrics = metrics
+        torch.set_num_threads(1)
+
+    def run(self, stop: threading.Event) -> None:
+        registration = self._learner.register(learner_pb2.CLIENT_ROLE_ACTOR, self._client_name, stop)
+        if registration is None:
+            return
+        spec = registration.spec
+        settings = registration.actor_settings
+        network, first_environment = build_network(spec)
+        environments = [first_environment] + [
+            make_environment(
+                spec.environment_id,
+                json_format.MessageToDict(spec.environment_options),
+                spec.frame_stack or 1,
+            )
+            for _ in range(max(1, settings.environments_per_actor) - 1)
+        ]
+        seed = int(spec.seed) + 10_007 * registration.actor_id
+        torch.manual_seed(seed)
+        rollout = Rollout(environments, NStepBuilder(len(environments), spec.n_step, spec.discount), seed)
+        replay = ShardedReplayClient(list(registration.replay_addresses), seed=seed)
+        outbox = Outbox(replay, settings.insert_batch_size, self._metrics)
+        session = _Session(self._learner, registration, network, self._metrics, self._client_name)
+        logger.info(
+            "actor running actor_id=%d epsilon=%.4g environments=%d",
+            session.actor_id,
+            session.epsilon,
+            len(environments),
+        )
+        try:
+            self._loop(stop, session, rollout, outbox, settings.parameter_refresh_steps)
+        finally:
+            outbox.add(rollout.flush())
+            outbox.send(network)
+            rollout.close()
+            replay.close()
+            logger.info("actor stopped steps=%d", session.steps)
+
+    def _loop(
+        self, stop: threading.Event, session: _Session, rollout: Rollout, outbox: Outbox, refresh_steps: int
+    ) -> None:
+        next_refresh = 0
+        rng = np.random.default_rng(session.seed)
+        while not stop.is_set():
+            if session.steps >= next_refresh:
+                next_refresh = session.steps + refresh_steps
+                session.refresh(rollout, stop)
+
+            def act(observations: NDArray[Any]) -> NDArray[Any]:
+                return epsilon_greedy(session.network, observations, session.epsilon, rng)
+
+            outbox.add(rollout.step(act))
+            session.steps += rollout.num_environments
+            self._metrics.steps.inc(rollout.num_environments)
+            if outbox.ready():
+                outbox.send(session.network)
+
+
+class _Session:
+    """The actor's registration and network, renewed when the learner forgets it."""
+
+    def __init__(
+        self,
+        learner: LearnerClient,
+        registration: learner_pb2.RegisterActorResponse,
+        network: QNetwork,
+        metrics: ActorMetrics,
+        client_name: str,
+    ) -> None:
+        self._learner = learner
+        self._metrics = metrics
+        self._client_name = client_name
+        self.network = network
+        self.version = 0
+        self.steps = 0
+        self.seed = int(registration.spec.seed) + 10_007 * registration.actor_id
+        self._adopt(registration)
+
+    def _adopt(self, registration: learner_pb2.RegisterActorResponse) -> None:
+        self.actor_id = registration.actor_id
+        self.epsilon = registration.exploration.epsilon
+        self._steps_at_registration = self.steps
+        self._metrics.epsilon.set(self.epsilon)
+
+    def refresh(self, rollout: Rollout, stop: threading.Event) -> None:
+        """Pulls newer parameters (a heartbeat too); re-registers if the learner forgot this actor."""
+        progress = learner_pb2.ActorProgress(
+            environment_steps=self.steps - self._steps_at_registration,
+            episodes=rollout.stats.episodes,
+            last_episode_return=rollout.stats.last_return,
+        )
+        try:
+            parameters = self._learner.get_parameters(self.version, self.actor_id, progress)
+        except NotRegisteredError:
+            registration = self._learner.register(learner_pb2.CLIENT_ROLE_ACTOR, self._client_name, stop)
+            if registration is not None:
+                self._adopt(registration)
+                logger.info("re-registered actor_id=%d epsilon=%.4g", self.actor_id, self.epsilon)
+            return
+        except grpc.RpcError as error:
+            # Keep acting with the parameters held; the next refresh tries again.
+            logger.warning("parameter refresh failed code=%s", error.code().name)
+            return
+        if parameters is not None:
+            self._metrics.parameter_lag.set(parameters.version - self.version)
+            self.network.load_state_dict(parameters.state_dict)
+            self.version = parameters.version
+            self._metrics.parameter_version.set(self.version)

@@ -1,0 +1,66 @@
+"""The ``apexrl actor`` and ``apexrl evaluator`` commands: need nothing but the learner's address."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Annotated
+
+import typer
+
+from services.actor.actor import Actor
+from services.actor.evaluator import Evaluator
+from services.actor.learner_client import LearnerClient
+from services.actor.metrics import ActorMetrics
+from services.common.http_endpoint import HttpEndpoint
+from services.common.logs import configure_logging
+from services.common.signals import install_stop_handlers
+
+logger = logging.getLogger(__name__)
+
+_ENV = "APEXRL_ACTOR_"
+
+LearnerOption = Annotated[str, typer.Option(envvar=_ENV + "LEARNER", help="host:port of the learner.")]
+MetricsPortOption = Annotated[
+    int | None, typer.Option(envvar=_ENV + "METRICS_PORT", help="HTTP /metrics /healthz /readyz port.")
+]
+LogLevelOption = Annotated[str, typer.Option(envvar="APEXRL_LOG_LEVEL", help="Logging level.")]
+
+
+def _serve(role: str, learner: str, metrics_port: int | None, log_level: str) -> None:
+    configure_logging(role, log_level)
+    stop = install_stop_handlers()
+    metrics = ActorMetrics()
+    http = (
+        HttpEndpoint(metrics.registry, lambda: True, "0.0.0.0", metrics_port).start()
+        if metrics_port is not None
+        else None
+    )
+    client = LearnerClient(learner)
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    worker = Actor(client, name, metrics) if role == "actor" else Evaluator(client, name, metrics)
+    try:
+        worker.run(stop)
+    finally:
+        client.close()
+        if http is not None:
+            http.stop()
+
+
+def actor_command(
+    learner: LearnerOption = "127.0.0.1:50051",
+    metrics_port: MetricsPortOption = None,
+    log_level: LogLevelOption = "INFO",
+) -> None:
+    """Run an actor: act in environments, stream prioritized n-step transitions to the replay."""
+    _serve("actor", learner, metrics_port, log_level)
+
+
+def evaluator_command(
+    learner: LearnerOption = "127.0.0.1:50051",
+    metrics_port: MetricsPortOption = None,
+    log_level: LogLevelOption = "INFO",
+) -> None:
+    """Run the evaluator: greedy episodes with each new parameter version, reported to the learner."""
+    _serve("evaluator", learner, metrics_port, log_level)

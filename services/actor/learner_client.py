@@ -1,0 +1,88 @@
+"""The actor side of apexrl.learner.v1: registration and parameter pulls, retried with backoff."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import grpc
+import torch
+
+from apexrl.learner.v1 import learner_pb2, learner_pb2_grpc
+from services.common import parameter_codec
+from services.common.channels import create_channel
+
+logger = logging.getLogger(__name__)
+
+
+class NotRegisteredError(Exception):
+    """The learner does not know this actor (it restarted, or the registration expired)."""
+
+
+@dataclass(frozen=True)
+class Parameters:
+    version: int
+    state_dict: dict[str, torch.Tensor]
+
+
+class LearnerClient:
+    """Calls the learner; :meth:`register` keeps retrying until it succeeds or ``stop`` is set."""
+
+    def __init__(self, address: str, timeout_s: float = 10.0, max_backoff_s: float = 5.0) -> None:
+        self.address = address
+        self._channel = create_channel(address, default_timeout_s=timeout_s)
+        self._stub = learner_pb2_grpc.LearnerServiceStub(self._channel)
+        self._timeout_s = timeout_s
+        self._max_backoff_s = max_backoff_s
+
+    def register(
+        self, role: learner_pb2.ClientRole.ValueType, client_name: str, stop: threading.Event
+    ) -> learner_pb2.RegisterActorResponse | None:
+        """Registers, retrying with exponential backoff while the learner is unreachable; None if stopped."""
+        backoff_s = 0.2
+        while not stop.is_set():
+            try:
+                request = learner_pb2.RegisterActorRequest(role=role, client_name=client_name)
+                return self._stub.RegisterActor(request, timeout=self._timeout_s)
+            except grpc.RpcError as error:
+                logger.warning(
+                    "registration failed learner=%s code=%s retry_in_s=%.1f",
+                    self.address,
+                    error.code().name,
+                    backoff_s,
+                )
+                stop.wait(backoff_s)
+                backoff_s = min(self._max_backoff_s, backoff_s * 2)
+        return None
+
+    def get_parameters(
+        self, known_version: int, actor_id: int, progress: learner_pb2.ActorProgress | None = None
+    ) -> Parameters | None:
+        """Newer parameters, or None when ``known_version`` is current.
+
+        Raises NotRegisteredError when the learner no longer knows ``actor_id``,
+        and grpc.RpcError when it cannot be reached (the caller keeps acting).
+        """
+        request = learner_pb2.GetParametersRequest(
+            known_version=known_version, actor_id=actor_id, progress=progress
+        )
+        try:
+            reply = self._stub.GetParameters(request, timeout=self._timeout_s)
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotRegisteredError(error.details()) from error
+            raise
+        if reply.up_to_date:
+            return None
+        return Parameters(reply.version, parameter_codec.from_wire(reply.parameters))
+
+    def report_evaluation(self, version: int, returns: list[float]) -> learner_pb2.ReportEvaluationResponse:
+        request = learner_pb2.ReportEvaluationRequest(parameter_version=version, episode_returns=returns)
+        return self._stub.ReportEvaluation(request, timeout=self._timeout_s)
+
+    def status(self) -> learner_pb2.GetStatusResponse:
+        return self._stub.GetStatus(learner_pb2.GetStatusRequest(), timeout=self._timeout_s)
+
+    def close(self) -> None:
+        self._channel.close()

@@ -1,0 +1,29 @@
+"""Prometheus metrics of an actor or evaluator process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class ActorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.steps = Counter("apexrl_actor_steps", "Environment steps taken.", registry=registry)
+        self.episodes = Counter("apexrl_actor_episodes", "Episodes finished.", registry=registry)
+        self.episode_return = Gauge(
+            "apexrl_actor_episode_return", "Return of the last episode.", registry=registry
+        )
+        self.transitions_sent = Counter(
+            "apexrl_actor_transitions_sent", "n-step transitions inserted into the replay.", registry=registry
+        )
+        self.parameter_version = Gauge(
+            "apexrl_actor_parameter_version", "Parameter version the actor acts with.", registry=registry
+        )
+        self.parameter_lag = Gauge(
+            "apexrl_actor_parameter_lag", "Versions the actor was behind at its last pull.", registry=registry
+        )
+        self.epsilon = Gauge("apexrl_actor_epsilon", "Exploration epsilon of this actor.", registry=registry)
+        self.evaluation_return = Gauge(
+            "apexrl_evaluator_return", "Mean return of the latest evaluation.", registry=registry
+        )

@@ -1,0 +1,34 @@
+"""Graceful stop: SIGTERM and SIGINT set an event the main thread waits on."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+logger = logging.getLogger(__name__)
+
+
+def install_stop_handlers() -> threading.Event:
+    """An event set by the first SIGTERM or SIGINT (Ctrl-C)."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        logger.info("stopping signal=%s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return stop
+
+
+def wait_for_stop_signal() -> None:
+    """Blocks the main thread until SIGTERM or SIGINT.
+
+    The wait wakes every half second: a signal the kernel delivers to another
+    (busy) thread only sets a flag, and CPython runs the handler when the main
+    thread next executes bytecode, which a wait without timeout would never do.
+    """
+    stop = install_stop_handlers()
+    while not stop.wait(0.5):
+        pass

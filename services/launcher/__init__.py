@@ -1,0 +1,1 @@
+"""The one-command local run: every role as a supervised local process."""

@@ -1,0 +1,77 @@
+"""Supervised child processes: restarted when they die, on the same port, up to a limit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from services.common.local_process import LocalProcess
+
+logger = logging.getLogger(__name__)
+
+
+class RunFailedError(RuntimeError):
+    """A part of the run cannot be kept alive; the message says which and why."""
+
+
+class Child:
+    """One role's process. ``args(port)`` builds its command line; port 0 means any free port."""
+
+    def __init__(
+        self,
+        name: str,
+        args: Callable[[int], list[str]],
+        log_path: Path,
+        serves: bool,
+        max_restarts: int = 3,
+    ) -> None:
+        self.name = name
+        self._args = args
+        self.log_path = log_path
+        self._serves = serves
+        self._max_restarts = max_restarts
+        self.restarts = 0
+        self.port = 0
+        self.process: LocalProcess | None = None
+
+    @property
+    def address(self) -> str:
+        return self.process.address if self.process is not None else ""
+
+    def start(self) -> Child:
+        try:
+            self.process = LocalProcess(self._args(self.port), self.log_path, wait_for_address=self._serves)
+        except RuntimeError as error:
+            raise RunFailedError(f"{self.name} failed to start: {error}; see {self.log_path}") from None
+        if self._serves:
+            # A restart binds the same port, so the others' addresses stay valid.
+            self.port = int(self.process.address.rsplit(":", 1)[1])
+        return self
+
+    def check(self) -> None:
+        """Restarts the process if it exited; RunFailedError once it has died too often."""
+        if self.process is None:
+            return
+        code = self.process.exit_code()
+        if code is None:
+            return
+        self.process.stop()
+        if self.restarts >= self._max_restarts:
+            raise RunFailedError(
+                f"{self.name} exited with code {code} after {self.restarts} restarts; see {self.log_path}"
+            )
+        self.restarts += 1
+        logger.warning("restarting child=%s exit_code=%s restart=%d", self.name, code, self.restarts)
+        self.start()
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        if self.process is None:
+            return None
+        code = self.process.stop(timeout_s)
+        self.process = None
+        return code
+
+    def terminate(self) -> None:
+        if self.process is not None:
+            self.process.terminate()

@@ -1,0 +1,77 @@
+"""The ``apexrl run`` command: trains an experiment on this machine with one command."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from services.common.config import ConfigError
+from services.common.experiment import load_experiment
+from services.common.signals import install_stop_handlers
+from services.launcher.children import RunFailedError
+from services.launcher.local_run import RunOutcome, default_run_dir, run_locally
+from services.launcher.progress_view import ProgressView
+
+
+def _log_to_file(path: Path, level: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s service=launcher logger=%(name)s %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _summary(console: Console, outcome: RunOutcome, solved_return: float | None) -> None:
+    status = outcome.status
+    best = status.best_evaluation if status is not None and status.HasField("best_evaluation") else None
+    if best is None:
+        console.print("no evaluation finished")
+    else:
+        solved = solved_return is not None and best.mean_return >= solved_return
+        verdict = "[bold green]solved[/]" if solved else "not solved"
+        console.print(
+            f"{verdict}: best evaluation return {best.mean_return:.1f} at parameter version "
+            f"{best.parameter_version} after {status.elapsed_s:.0f} s"  # type: ignore[union-attr]
+        )
+    console.print(f"run folder: {outcome.run_dir} (config.yaml, metrics.csv, tensorboard/, checkpoints/, ")
+    console.print("            best_model.safetensors, learning_curve.png, logs/)")
+
+
+def run_command(
+    config: Annotated[
+        str | None, typer.Argument(help="Experiment YAML file or preset (cartpole, acrobot).")
+    ] = None,
+    actors: Annotated[int, typer.Option(min=1, max=256, help="Actor processes.")] = 2,
+    shards: Annotated[int, typer.Option(min=1, max=64, help="Replay shard processes.")] = 2,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config value: section.key=value.")
+    ] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Run folder; an existing one is resumed.")] = None,
+    log_level: Annotated[str, typer.Option(help="Level of the launcher's own log file.")] = "INFO",
+) -> None:
+    """Train on this machine: replay shards, learner, evaluator and actors as local processes."""
+    console = Console()
+    try:
+        experiment = load_experiment(config, overrides or [])
+    except (ConfigError, FileNotFoundError) as error:
+        console.print(f"apexrl run: {error}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    folder = run_dir or default_run_dir(experiment)
+    _log_to_file(folder / "logs" / "launcher.log", log_level)
+    stop = install_stop_handlers()
+    view = ProgressView(console, experiment)
+    try:
+        outcome = run_locally(experiment, folder, actors, shards, stop, view)
+    except RunFailedError as error:
+        console.print(f"[bold red]apexrl run failed[/]: {error}")
+        raise typer.Exit(1) from None
+    _summary(console, outcome, experiment.general.solved_return)
+    if outcome.interrupted:
+        raise typer.Exit(130)

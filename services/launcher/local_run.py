@@ -1,0 +1,168 @@
+"""``apexrl run``: K shards, the learner, the evaluator and N actors as supervised local processes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import grpc
+import yaml
+
+from apexrl.learner.v1 import learner_pb2
+from services.actor.learner_client import LearnerClient
+from services.common.experiment import ExperimentConfig
+from services.launcher.children import Child
+from services.launcher.progress_view import ProgressView, status_row
+from services.learner.run_log import plot_learning_curve
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended and where its results are."""
+
+    run_dir: Path
+    reason: str
+    status: learner_pb2.GetStatusResponse | None
+    interrupted: bool
+
+
+def default_run_dir(config: ExperimentConfig, root: Path = Path("runs")) -> Path:
+    return root / f"{config.environment.id}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+class LocalRun:
+    """Starts every role, supervises them, shows progress and stops them in order."""
+
+    def __init__(self, config: ExperimentConfig, run_dir: Path, actors: int, shards: int) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self._config_path = run_dir / "config.yaml"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        logs = run_dir / "logs"
+        self.shards = [
+            Child(
+                f"replay-{k}",
+                functools.partial(self._shard_args, k, shards),
+                logs / f"replay-{k}.log",
+                True,
+            )
+            for k in range(shards)
+        ]
+        self.learner = Child("learner", self._learner_args, logs / "learner.log", True)
+        self.evaluator = Child("evaluator", self._client_args("evaluator"), logs / "evaluator.log", False)
+        self.actors = [
+            Child(f"actor-{i}", self._client_args("actor"), logs / f"actor-{i}.log", False)
+            for i in range(actors)
+        ]
+
+    def _shard_args(self, index: int, shards: int, port: int) -> list[str]:
+        algorithm = self.config.algorithm
+        args = [
+            "replay",
+            "--port",
+            str(port),
+            "--capacity",
+            str(math.ceil(algorithm.replay_capacity / shards)),
+            "--priority-exponent",
+            str(algorithm.priority_exponent),
+            "--snapshot-path",
+            str(self.run_dir / f"replay-{index}.safetensors"),
+            "--seed",
+            str(self.config.general.seed + index),
+        ]
+        if algorithm.samples_per_insert > 0:
+            tolerance = 10 * max(
+                algorithm.batch_size, algorithm.samples_per_insert * algorithm.actor.insert_batch_size
+            )
+            args += ["--samples-per-insert", str(algorithm.samples_per_insert)]
+            args += ["--samples-per-insert-tolerance", str(tolerance)]
+        return args
+
+    def _learner_args(self, port: int) -> list[str]:
+        replay = ",".join(shard.address for shard in self.shards)
+        return [
+            "learner",
+            str(self._config_path),
+            "--replay",
+            replay,
+            "--run-dir",
+            str(self.run_dir),
+            "--port",
+            str(port),
+        ]
+
+    def _client_args(self, role: str) -> Callable[[int], list[str]]:
+        return lambda _port: [role, "--learner", self.learner.address]
+
+    def _children(self) -> list[Child]:
+        return [*self.shards, self.learner, self.evaluator, *self.actors]
+
+    def start(self) -> None:
+        for child in self._children():
+            child.start()
+
+    def supervise(self, stop: threading.Event, view: ProgressView, poll_s: float = 0.5) -> RunOutcome:
+        """Runs until the learner reports the run finished, ``stop`` is set, or a part fails for good."""
+        client = LearnerClient(self.learner.address, timeout_s=5.0)
+        status: learner_pb2.GetStatusResponse | None = None
+        try:
+            while not stop.wait(poll_s):
+                for child in self._children():
+                    child.check()
+                try:
+                    status = client.status()
+                except grpc.RpcError as error:
+                    logger.warning("learner status unavailable code=%s", error.code().name)
+                    continue
+                view.update(status)
+                if status.finished:
+                    return RunOutcome(self.run_dir, "finished", status, interrupted=False)
+            return RunOutcome(self.run_dir, "interrupted", status, interrupted=True)
+        finally:
+            client.close()
+
+    def shutdown(self) -> dict[str, int | None]:
+        """Stops actors and evaluator first (they flush), then the learner (checkpoint), then the shards."""
+        codes: dict[str, int | None] = {}
+        for group in ([*self.actors, self.evaluator], [self.learner], self.shards):
+            for child in group:
+                child.terminate()
+            for child in group:
+                codes[child.name] = child.stop()
+        curve = self.run_dir / "learning_curve.png"
+        if not curve.exists():
+            plot_learning_curve(self.run_dir / "metrics.csv", curve, self.config.environment.id)
+        return codes
+
+
+def run_locally(
+    config: ExperimentConfig,
+    run_dir: Path,
+    actors: int,
+    shards: int,
+    stop: threading.Event,
+    view: ProgressView,
+) -> RunOutcome:
+    """The whole run; RunFailedError names the part that could not be kept alive."""
+    run = LocalRun(config, run_dir, actors, shards)
+    started = time.monotonic()
+    try:
+        run.start()
+        outcome = run.supervise(stop, view)
+    finally:
+        view.close()
+        codes = run.shutdown()
+        logger.info("run stopped seconds=%.1f exit_codes=%s", time.monotonic() - started, codes)
+    if outcome.status is not None:
+        logger.info("final status %s", status_row(outcome.status, config))
+    return outcome

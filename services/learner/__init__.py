@@ -1,0 +1,1 @@
+"""The learner: training, priority updates and the parameter service."""

@@ -1,0 +1,55 @@
+"""The ``apexrl learner`` command: reads the experiment config, trains and serves until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from services.common.config import ConfigError
+from services.common.experiment import load_experiment
+from services.common.logs import configure_logging
+from services.common.signals import wait_for_stop_signal
+from services.learner.learner import Learner, LearnerSettings
+
+logger = logging.getLogger(__name__)
+
+_ENV = "APEXRL_LEARNER_"
+
+
+def learner_command(
+    config: Annotated[
+        str | None, typer.Argument(envvar=_ENV + "CONFIG", help="Experiment YAML file or preset name.")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config value: section.key=value.")
+    ] = None,
+    replay: Annotated[
+        str, typer.Option(envvar=_ENV + "REPLAY", help="Comma-separated host:port of every replay shard.")
+    ] = "",
+    run_dir: Annotated[
+        Path, typer.Option(envvar=_ENV + "RUN_DIR", help="Checkpoints, metrics, best model.")
+    ] = Path("runs/learner"),
+    host: Annotated[str, typer.Option(envvar=_ENV + "HOST", help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar=_ENV + "PORT", help="gRPC port; 0 picks a free one.")] = 0,
+    metrics_port: Annotated[
+        int | None, typer.Option(envvar=_ENV + "METRICS_PORT", help="HTTP /metrics /healthz /readyz port.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(envvar="APEXRL_LOG_LEVEL", help="Logging level.")] = "INFO",
+) -> None:
+    """Run the learner: sample the shards, train Ape-X DQN, publish parameters."""
+    configure_logging("learner", log_level)
+    addresses = tuple(address.strip() for address in replay.split(",") if address.strip())
+    try:
+        experiment = load_experiment(config, overrides or [])
+        if not addresses:
+            raise ConfigError("--replay (or APEXRL_LEARNER_REPLAY) must name at least one shard host:port")
+        learner = Learner(experiment, LearnerSettings(addresses, run_dir, host, port, metrics_port))
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        typer.echo(f"apexrl learner: {error}", err=True)
+        raise typer.Exit(2) from None
+    logger.info("learner serving address=%s metrics_port=%s", learner.address, learner.metrics_port)
+    wait_for_stop_signal()
+    learner.stop()

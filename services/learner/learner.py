@@ -1,0 +1,226 @@
+"""A running learner: trainer, replay feed, parameter store, gRPC service and HTTP endpoint wired together."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import torch
+import yaml
+from safetensors.numpy import save_file
+
+from apexrl.learner.v1 import learner_pb2, learner_pb2_grpc
+from services.common import tensor_codec
+from services.common.atomic_files import write_atomically
+from services.common.environments import discrete_action_count, make_environment, observation_shape
+from services.common.experiment import ExperimentConfig
+from services.common.http_endpoint import HttpEndpoint
+from services.common.serving import MIB, ServerSettings, start_server
+from services.learner.checkpoint import TrainingCounters, latest_checkpoint, save_checkpoint
+from services.learner.dqn import DqnLearner, resolve_device
+from services.learner.metrics import LearnerMetrics
+from services.learner.parameter_store import ParameterStore
+from services.learner.progress import Progress
+from services.learner.registry import ActorRegistry
+from services.learner.replay_feed import BatchPrefetcher, PrioritySender
+from services.learner.run_log import RunLog, plot_learning_curve
+from services.learner.servicer import LearnerServicer
+from services.learner.training import Trainer
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = learner_pb2.DESCRIPTOR.services_by_name["LearnerService"].full_name
+BEST_MODEL = "best_model.safetensors"
+
+
+@dataclass(frozen=True)
+class LearnerSettings:
+    """Deployment wiring of a learner (the experiment itself comes from the config)."""
+
+    replay_addresses: tuple[str, ...]
+    run_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    metrics_port: int | None = None
+    max_message_mib: int = 64
+    grace_s: float = 5.0
+
+
+def config_yaml(config: ExperimentConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+class Learner:
+    """Starts training and serving on construction (resuming from the run's latest checkpoint)."""
+
+    def __init__(self, config: ExperimentConfig, settings: LearnerSettings) -> None:
+        if not settings.replay_addresses:
+            raise ValueError("the learner needs at least one replay shard address")
+        self.config = config
+        self.settings = settings
+        settings.run_dir.mkdir(parents=True, exist_ok=True)
+        (settings.run_dir / "config.yaml").write_text(config_yaml(config), encoding="utf-8")
+        self._checkpoint_lock = threading.Lock()
+        self.dqn, counters = self._restore_or_create()
+        self.store = ParameterStore(first_version=counters.parameter_version)
+        self.store.publish(self.dqn.online.state_dict())
+        exploration = config.algorithm.exploration
+        self.registry = ActorRegistry(
+            exploration.base_epsilon,
+            exploration.exponent,
+            base_environment_steps=counters.environment_steps,
+            first_actor_id=counters.next_actor_id,
+        )
+        self.progress = Progress(config.general, counters.elapsed_s, counters.best_mean_return)
+        self.metrics = LearnerMetrics()
+        self.run_log = RunLog(settings.run_dir)
+        addresses = list(settings.replay_addresses)
+        self.prefetcher = BatchPrefetcher(
+            addresses,
+            config.algorithm.batch_size,
+            self.dqn.importance_exponent,
+            config.algorithm.min_replay_size,
+            seed=config.general.seed,
+        ).start()
+        self.sender = PrioritySender(addresses).start()
+        self.trainer = Trainer(
+            config,
+            self.dqn,
+            self.prefetcher,
+            self.sender,
+            self.store,
+            self.registry,
+            self.progress,
+            self.metrics,
+            self.run_log,
+            self.save_checkpoint,
+        )
+        self._server = self._start_server(addresses)
+        self.port = self._server.port
+        self._http: HttpEndpoint | None = None
+        if settings.metrics_port is not None:
+            self._http = HttpEndpoint(
+                self.metrics.registry, lambda: True, settings.host, settings.metrics_port
+            )
+            self._http.start()
+        self.trainer.start()
+
+    def _restore_or_create(self) -> tuple[DqnLearner, TrainingCounters]:
+        config = self.config
+        environment = make_environment(
+            config.environment.id, config.environment.options, config.environment.frame_stack
+        )
+        shape, actions = observation_shape(environment), discrete_action_count(environment)
+        environment.close()
+        device = resolve_device(config.general.device)
+        torch.set_num_threads(config.general.learner_threads)
+        dqn = DqnLearner(config.algorithm, shape, actions, device, seed=config.general.seed)
+        restored = latest_checkpoint(self.checkpoint_dir)
+        if restored is None:
+            logger.info("starting fresh device=%s observation_shape=%s actions=%d", device, shape, actions)
+            return dqn, TrainingCounters()
+        tensors, counters, _ = restored
+        dqn.load_state_tensors(tensors, counters.updates)
+        logger.info(
+            "resumed from checkpoint updates=%d version=%d environment_steps=%d",
+            counters.updates,
+            counters.parameter_version,
+            counters.environment_steps,
+        )
+        return dqn, counters
+
+    def _start_server(self, addresses: list[str]):  # type: ignore[no-untyped-def]
+        servicer = LearnerServicer(
+            self.config,
+            addresses,
+            self.store,
+            self.registry,
+            self.progress,
+            lambda: self.trainer.snapshot,
+            lambda: self.trainer.finished,
+            self.save_best,
+        )
+
+        def register(server: grpc.Server) -> None:
+            learner_pb2_grpc.add_LearnerServiceServicer_to_server(servicer, server)
+
+        settings = self.settings
+        return start_server(
+            register,
+            [SERVICE_NAME],
+            ServerSettings(
+                host=settings.host,
+                port=settings.port,
+                max_message_bytes=settings.max_message_mib * MIB,
+                grace_s=settings.grace_s,
+            ),
+        )
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.settings.run_dir / "checkpoints"
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self._http.port if self._http is not None else None
+
+    def counters(self) -> TrainingCounters:
+        return TrainingCounters(
+            updates=self.dqn.updates,
+            parameter_version=self.store.version,
+            environment_steps=self.registry.environment_steps(),
+            elapsed_s=self.progress.elapsed_s(),
+            next_actor_id=self.registry.next_actor_id,
+            best_mean_return=self.progress.best_mean_return,
+        )
+
+    def save_checkpoint(self) -> None:
+        """Called by the training thread, or after it stopped, so the networks are not mid-update."""
+        with self._checkpoint_lock:
+            path = save_checkpoint(
+                self.checkpoint_dir, self.dqn.state_tensors(), self.counters(), config_yaml(self.config)
+            )
+        logger.info("checkpoint saved path=%s updates=%d", path, self.dqn.updates)
+
+    def save_best(self, version: int) -> None:
+        """Saves the parameters of ``version`` as the run's best model."""
+        parameters = self.store.get(version)
+        if parameters is None:
+            logger.warning("best version %d is no longer held; best model not updated", version)
+            return
+        arrays = {name: array.copy() for name, array in tensor_codec.decode_named(parameters).items()}
+        best = self.progress.best
+        metadata = {
+            "parameter_version": str(version),
+            "mean_return": repr(best.mean_return if best else float("nan")),
+            "config": config_yaml(self.config),
+        }
+        path = self.settings.run_dir / BEST_MODEL
+        write_atomically(path, lambda temporary: save_file(arrays, str(temporary), metadata=metadata))
+        logger.info("best model saved path=%s version=%d", path, version)
+
+    def stop(self) -> None:
+        """Stops training, checkpoints, drains the server and writes the learning curve."""
+        self.trainer.stop()
+        self.save_checkpoint()
+        self.store.close()
+        self._server.stop(self.settings.grace_s)
+        self.prefetcher.stop()
+        self.sender.stop()
+        if self._http is not None:
+            self._http.stop()
+        self.run_log.close()
+        plot_learning_curve(
+            self.run_log.csv_path, self.settings.run_dir / "learning_curve.png", self.config.environment.id
+        )
+        logger.info("learner stopped")
+
+    def wait(self) -> None:
+        self._server.wait()

@@ -1,0 +1,126 @@
+"""The learner's link to the replay: batches prefetched on one thread, priority updates sent on another."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import grpc
+import numpy as np
+from numpy.typing import NDArray
+
+from services.common.sharded_replay import ReplayUnavailableError, ShardedReplayClient, ShardedSample
+
+logger = logging.getLogger(__name__)
+
+
+class BatchPrefetcher:
+    """Keeps a few sampled batches ready so the optimizer never waits on the network.
+
+    Sampling starts once the shards together hold ``min_replay_size`` items (the
+    learning-starts threshold). The client is owned by this thread alone.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        batch_size: int,
+        importance_exponent: Callable[[], float],
+        min_replay_size: int,
+        seed: int,
+        depth: int = 4,
+    ) -> None:
+        self._client = ShardedReplayClient(addresses, seed=seed)
+        self._batch_size = batch_size
+        self._importance_exponent = importance_exponent
+        self._min_replay_size = min_replay_size
+        self._batches: queue.Queue[ShardedSample] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self.replay_size = 0
+        self.replay_capacity = 0
+        self.shards_up = 0
+        self.sample_seconds = 0.0
+        self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
+
+    def start(self) -> BatchPrefetcher:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._fetch_one()
+            except (ReplayUnavailableError, grpc.RpcError) as error:
+                logger.warning("replay sampling failed error=%s", error)
+                self._stop.wait(0.5)
+
+    def _fetch_one(self) -> None:
+        self.replay_size, self.replay_capacity = self._client.totals()
+        self.shards_up = self._client.shards_up()
+        if self.replay_size < self._min_replay_size:
+            self._client.refresh()
+            self.replay_size, self.replay_capacity = self._client.totals()
+            if self.replay_size < self._min_replay_size:
+                self._stop.wait(0.1)
+                return
+        started = time.perf_counter()
+        sample = self._client.sample(self._batch_size, self._importance_exponent())
+        self.sample_seconds = time.perf_counter() - started
+        self.replay_size = sample.total_size
+        while not self._stop.is_set():
+            try:
+                self._batches.put(sample, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def get(self, timeout_s: float) -> ShardedSample | None:
+        try:
+            return self._batches.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._client.close()
+
+
+class PrioritySender:
+    """Sends new priorities back to the shards without blocking the next update."""
+
+    def __init__(self, addresses: Sequence[str], depth: int = 16) -> None:
+        self._client = ShardedReplayClient(addresses)
+        self._updates: queue.Queue[
+            tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]] | None
+        ] = queue.Queue(maxsize=depth)
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="priorities", daemon=True)
+
+    def start(self) -> PrioritySender:
+        self._thread.start()
+        return self
+
+    def send(
+        self, shards: NDArray[np.int64], keys: NDArray[np.int64], priorities: NDArray[np.float64]
+    ) -> None:
+        """Queues an update; if the shards fall far behind, this update is dropped (and counted)."""
+        try:
+            self._updates.put_nowait((shards, keys, priorities))
+        except queue.Full:
+            self.dropped += 1
+
+    def _run(self) -> None:
+        while (update := self._updates.get()) is not None:
+            try:
+                self._client.update_priorities(*update)
+            except grpc.RpcError as error:
+                logger.warning("priority update failed code=%s", error.code().name)
+
+    def stop(self) -> None:
+        self._updates.put(None)
+        self._thread.join(timeout=10)
+        self._client.close()

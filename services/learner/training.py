@@ -1,0 +1,154 @@
+"""The training loop: prefetched batch -> update -> priorities back, parameters out, metrics logged."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from services.common.experiment import ExperimentConfig
+from services.learner.dqn import DqnLearner
+from services.learner.metrics import LearnerMetrics
+from services.learner.parameter_store import ParameterStore
+from services.learner.progress import Progress, RateMeter
+from services.learner.registry import ActorRegistry
+from services.learner.replay_feed import BatchPrefetcher, PrioritySender
+from services.learner.run_log import RunLog
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Snapshot:
+    """The figures GetStatus, metrics and the run log share, refreshed by the training thread."""
+
+    updates: int = 0
+    updates_per_second: float = 0.0
+    environment_steps: int = 0
+    environment_steps_per_second: float = 0.0
+    loss: float = float("nan")
+    replay_size: int = 0
+    replay_capacity: int = 0
+    shards_up: int = 0
+
+
+class Trainer:
+    """Runs on its own thread until stopped or the run's stop condition holds."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        learner: DqnLearner,
+        prefetcher: BatchPrefetcher,
+        sender: PrioritySender,
+        store: ParameterStore,
+        registry: ActorRegistry,
+        progress: Progress,
+        metrics: LearnerMetrics,
+        run_log: RunLog,
+        save_checkpoint: Callable[[], None],
+    ) -> None:
+        self._config = config
+        self._learner = learner
+        self._prefetcher = prefetcher
+        self._sender = sender
+        self._store = store
+        self._registry = registry
+        self._progress = progress
+        self._metrics = metrics
+        self._run_log = run_log
+        self._save_checkpoint = save_checkpoint
+        self._stop = threading.Event()
+        self.snapshot = Snapshot(updates=learner.updates)
+        self._update_rate = RateMeter()
+        self._step_rate = RateMeter()
+        self._thread = threading.Thread(target=self._run, name="trainer", daemon=True)
+
+    def start(self) -> Trainer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    @property
+    def finished(self) -> bool:
+        return self._progress.stop_reason is not None
+
+    def _run(self) -> None:
+        general = self._config.general
+        next_log = next_checkpoint = time.monotonic()
+        next_checkpoint += general.checkpoint_interval_s
+        while not self._stop.is_set():
+            if not self.finished:
+                self._train_once()
+            now = time.monotonic()
+            if now >= next_log:
+                next_log = now + general.log_interval_s
+                self._refresh_snapshot()
+                if self.finished and self._stop.wait(0.05):
+                    break
+            if now >= next_checkpoint:
+                next_checkpoint = now + general.checkpoint_interval_s
+                self._save_checkpoint()
+
+    def _train_once(self) -> None:
+        waited = time.perf_counter()
+        sample = self._prefetcher.get(timeout_s=0.2)
+        if sample is None:
+            return
+        self._metrics.batch_wait_seconds.observe(time.perf_counter() - waited)
+        self._metrics.sample_seconds.observe(self._prefetcher.sample_seconds)
+        result = self._learner.update(sample.columns, sample.importance_weights)
+        self._sender.send(sample.shards, sample.keys, result.priorities)
+        self.snapshot.loss = result.loss
+        self._metrics.updates.inc()
+        if self._learner.updates % self._config.algorithm.parameter_publish_interval == 0:
+            self._store.publish(self._learner.online.state_dict())
+
+    def _refresh_snapshot(self) -> None:
+        """Recomputes rates and totals, checks the budget, exports metrics and logs a row."""
+        snapshot = self.snapshot
+        snapshot.updates = self._learner.updates
+        snapshot.environment_steps = self._registry.environment_steps()
+        snapshot.updates_per_second = self._update_rate.rate(snapshot.updates)
+        snapshot.environment_steps_per_second = self._step_rate.rate(snapshot.environment_steps)
+        snapshot.replay_size = self._prefetcher.replay_size
+        snapshot.replay_capacity = self._prefetcher.replay_capacity
+        snapshot.shards_up = self._prefetcher.shards_up
+        self._progress.check_budget(snapshot.environment_steps, snapshot.updates)
+        actors = self._registry.active()
+        version = self._store.version
+        metrics = self._metrics
+        metrics.updates_per_second.set(snapshot.updates_per_second)
+        metrics.loss.set(snapshot.loss)
+        metrics.importance_exponent.set(self._learner.importance_exponent())
+        metrics.parameter_version.set(version)
+        metrics.environment_steps.set(snapshot.environment_steps)
+        metrics.environment_steps_per_second.set(snapshot.environment_steps_per_second)
+        metrics.replay_size.set(snapshot.replay_size)
+        metrics.actors.set(sum(1 for actor in actors if actor.role == "actor"))
+        held = [
+            actor.parameter_version for actor in actors if actor.role == "actor" and actor.parameter_version
+        ]
+        metrics.parameter_lag.set(version - min(held) if held else 0)
+        metrics.priority_updates_dropped.set(self._sender.dropped)
+        latest = self._progress.latest
+        self._run_log.append(
+            {
+                "elapsed_s": round(self._progress.elapsed_s(), 3),
+                "updates": snapshot.updates,
+                "updates_per_s": round(snapshot.updates_per_second, 2),
+                "environment_steps": snapshot.environment_steps,
+                "environment_steps_per_s": round(snapshot.environment_steps_per_second, 2),
+                "replay_size": snapshot.replay_size,
+                "parameter_version": version,
+                "loss": snapshot.loss,
+                "importance_exponent": round(self._learner.importance_exponent(), 4),
+                "evaluation_return": latest.mean_return if latest is not None else float("nan"),
+                "actors": len(actors),
+            }
+        )
