@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from services.common.allocator import keep_large_buffers
 from services.common.config import ConfigError, validate
 from services.common.logs import configure_logging
 from services.common.signals import wait_for_stop_signal
@@ -57,6 +58,7 @@ def replay_command(
 ) -> None:
     """Run one replay shard (prioritized experience replay over gRPC)."""
     configure_logging("replay", log_level)
+    keep_large_buffers()
     values = {name: value for name, value in locals().items() if name != "log_level"}
     try:
         settings = validate(ReplayShardSettings, values, "apexrl replay flags")

@@ -109,9 +109,9 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
             if count > MAX_INSERT_ITEMS:
                 raise ValueError(f"insert of {count} items exceeds the maximum of {MAX_INSERT_ITEMS}")
             keys = self._table.insert(columns, priorities, _allowed_wait_s(request.max_wait_s, context))
-            return replay_pb2.InsertTransitionsResponse(
-                keys=tensor_codec.encode(keys), size=self._table.info().size
-            )
+            reply = replay_pb2.InsertTransitionsResponse(size=self._table.size)
+            tensor_codec.encode_into(reply.keys, keys)
+            return reply
 
         return self._serve("InsertTransitions", context, insert)
 
@@ -122,7 +122,7 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
             batch_size = request.batch_size
             if not 1 <= batch_size <= MAX_SAMPLE_BATCH:
                 raise ValueError(f"batch_size must be in 1..{MAX_SAMPLE_BATCH}, got {batch_size}")
-            item_bytes = self._table.info().item_bytes
+            item_bytes = self._table.item_bytes
             reply_bytes = batch_size * (item_bytes + _REPLY_PER_ITEM_BYTES) + _REPLY_OVERHEAD_BYTES
             if reply_bytes > self._max_message_bytes:
                 raise MessageTooLargeError(
@@ -131,13 +131,13 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
                     f"above the {self._max_message_bytes} byte message limit; sample fewer items"
                 )
             items = self._table.sample(batch_size, _allowed_wait_s(request.max_wait_s, context))
-            return replay_pb2.SampleTransitionsResponse(
-                keys=tensor_codec.encode(items.keys),
-                priority_masses=tensor_codec.encode(items.priority_masses),
-                batch=tensor_codec.encode_columns(items.columns),
-                total_priority_mass=items.total_priority_mass,
-                size=items.size,
+            reply = replay_pb2.SampleTransitionsResponse(
+                total_priority_mass=items.total_priority_mass, size=items.size
             )
+            tensor_codec.encode_into(reply.keys, items.keys)
+            tensor_codec.encode_into(reply.priority_masses, items.priority_masses)
+            tensor_codec.encode_columns_into(reply.batch, items.columns)
+            return reply
 
         return self._serve("SampleTransitions", context, sample)
 

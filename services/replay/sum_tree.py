@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+# Level whose prefix sums a sample searches (2^12 nodes: cheap to sum, deep enough
+# to skip most of the per-level descent).
+_SEARCH_LEVEL = 12
+
 
 class SumTree:
     """Complete binary tree in one array; node 1 is the root, leaf ``leaf_base + i`` is slot ``i``.
@@ -79,19 +83,27 @@ class SumTree:
     def sample(self, uniforms: NDArray[np.float64]) -> NDArray[np.int64]:
         """Slots for draws ``uniforms`` in [0, 1), each with probability mass / total.
 
-        Each level of the descent is a handful of in-place ufunc calls over the
-        whole batch (the per-call overhead, not the arithmetic, dominates at replay
-        batch sizes). Rounding can, rarely, carry a draw onto a slot of zero mass at
-        an interval boundary; those draws alone are redone with a guarded descent.
+        The top levels are one binary search in a level's prefix sums; each level
+        below is a handful of in-place ufunc calls over the whole batch (the
+        per-call overhead, not the arithmetic, dominates at replay batch sizes).
+        Rounding can, rarely, carry a draw onto a slot of zero mass at an interval
+        boundary; those draws alone are redone with a guarded descent.
         """
         total = self._nodes[1]
         if not total > 0.0:
             raise ValueError("cannot sample from a sum tree whose total mass is 0")
         targets = uniforms * total
-        nodes = np.ones(uniforms.shape, dtype=np.int64)
+        # The top of the tree in one step: a binary search in the prefix sums of
+        # one level replaces that many levels of per-level numpy calls.
+        level = min(self._depth, _SEARCH_LEVEL)
+        first = 1 << level
+        prefix = np.cumsum(self._nodes[first : 2 * first])
+        index = np.minimum(np.searchsorted(prefix, targets, side="right"), first - 1)
+        targets -= np.where(index > 0, prefix[index - 1], 0.0)
+        nodes: NDArray[np.int64] = index + first
         left_mass = np.empty(uniforms.shape, dtype=np.float64)
         go_right = np.empty(uniforms.shape, dtype=bool)
-        for _ in range(self._depth):
+        for _ in range(self._depth - level):
             np.multiply(nodes, 2, out=nodes)
             np.take(self._nodes, nodes, out=left_mass)
             np.greater_equal(targets, left_mass, out=go_right)

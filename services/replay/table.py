@@ -115,6 +115,7 @@ class PrioritizedTable:
         self._samples = 0
         self._priority_updates = 0
         self._waits = 0
+        self._item_bytes = 0
         if state is not None:
             self._restore(state)
         self._limiter = RateLimiter(limiter, inserts=self._next_sequence, samples=self._samples)
@@ -122,6 +123,16 @@ class PrioritizedTable:
     @property
     def capacity(self) -> int:
         return self._capacity
+
+    @property
+    def size(self) -> int:
+        """Items held now (a read of one counter; no lock needed under the GIL)."""
+        return self._size()
+
+    @property
+    def item_bytes(self) -> int:
+        """Bytes of one stored transition; 0 before the first insert."""
+        return self._item_bytes
 
     def _size(self) -> int:
         # Items are only ever removed by eviction, so the ring is full once it wrapped.
@@ -151,6 +162,7 @@ class PrioritizedTable:
             self._wait(lambda: self._limiter.can_insert(count, self._size()), max_wait_s, "insert")
             if not self._store.allocated:
                 self._store.allocate(signature_of(columns))
+                self._item_bytes = self._store.item_bytes()
             first_sequence = self._next_sequence
             start = first_sequence % self._capacity
             head = min(count, self._capacity - start)
@@ -225,7 +237,7 @@ class PrioritizedTable:
                 rate_limiter_waits=self._waits,
                 incarnation=self._incarnation,
                 signature=self._store.signature,
-                item_bytes=self._store.item_bytes() if self._store.allocated else 0,
+                item_bytes=self._item_bytes,
             )
 
     def export_state(self) -> TableState:
@@ -260,6 +272,7 @@ class PrioritizedTable:
             masses = np.power(masses, self._alpha / state.priority_exponent)
         if state.columns:
             self._store.allocate(signature_of(state.columns))
+            self._item_bytes = self._store.item_bytes()
             self._store.write(0, state.columns, 0, size)
         self._tree.set_range(0, masses)
         self._next_sequence = state.next_sequence

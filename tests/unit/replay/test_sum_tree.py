@@ -54,7 +54,8 @@ def test_set_range_matches_set_for_contiguous_slots(case: tuple[int, int, int]) 
     assert by_range.total == by_slots.total
 
 
-@given(capacities, st.integers(0, 2**32 - 1))
+# Past 2^12 leaves sampling searches one level's prefix sums, then descends.
+@given(st.one_of(capacities, st.integers(4_000, 40_000)), st.integers(0, 2**32 - 1))
 @settings(max_examples=100, deadline=None)
 def test_sampling_descends_to_the_slot_whose_cumulative_interval_holds_the_draw(
     capacity: int, seed: int

@@ -1,0 +1,65 @@
+"""The experiment config: presets, overrides, validation naming the field, the wire spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from apexrl.learner.v1 import learner_pb2
+from services.common.config import ConfigError
+from services.common.experiment import experiment_spec, load_experiment
+
+
+@pytest.mark.parametrize("preset", ["cartpole", "acrobot"])
+def test_shipped_presets_load(preset: str) -> None:
+    config = load_experiment(preset)
+    assert config.algorithm.name == "apex_dqn"
+    assert config.general.solved_return is not None
+
+
+def test_overrides_reach_nested_sections_with_types() -> None:
+    config = load_experiment("cartpole", ["algorithm.network.hidden_sizes=[64, 64]", "general.seed=7"])
+    assert config.algorithm.network.hidden_sizes == (64, 64)
+    assert config.general.seed == 7
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("algorithm.n_step=0", "algorithm.n_step: Input should be greater than or equal to 1, got 0"),
+        ("general.device=tpu", "general.device: Input should be 'cpu', 'cuda' or 'auto', got 'tpu'"),
+        ("algorithm.discount=1.5", "algorithm.discount: Input should be less than or equal to 1"),
+        ("algorithm.learning_rte=0.1", "algorithm.learning_rte: unknown key"),
+        ("environment.frame_stack=0", "environment.frame_stack: Input should be greater than or equal to 1"),
+        ("algorithm.network.hidden_sizes=[0]", "hidden_sizes must all be >= 1"),
+    ],
+)
+def test_invalid_values_name_the_field_and_the_allowed_values(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_experiment("cartpole", [override])
+    assert message in str(caught.value)
+
+
+def test_an_unknown_preset_lists_the_presets() -> None:
+    with pytest.raises(FileNotFoundError, match=r"presets: \['acrobot', 'cartpole'\]"):
+        load_experiment("pong")
+
+
+def test_a_config_file_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text("environment:\n  id: Acrobot-v1\nalgorithm:\n  n_step: 5\n")
+    config = load_experiment(str(path))
+    assert (config.environment.id, config.algorithm.n_step) == ("Acrobot-v1", 5)
+
+
+def test_the_wire_spec_carries_what_actors_need() -> None:
+    config = load_experiment("cartpole", ["environment.options={max_episode_steps: 300}"])
+    spec = experiment_spec(config)
+    assert spec.algorithm == learner_pb2.ALGORITHM_APEX_DQN
+    assert spec.environment_id == "CartPole-v1"
+    assert spec.environment_options["max_episode_steps"] == 300
+    assert spec.n_step == 3
+    assert spec.discount == pytest.approx(0.99)
+    assert spec.network.kind == learner_pb2.NETWORK_KIND_MLP
+    assert list(spec.network.hidden_sizes) == [256, 256]

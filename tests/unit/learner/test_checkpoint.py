@@ -1,0 +1,76 @@
+"""Learner checkpoints resume training exactly: networks, Adam moments, counters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from services.common.experiment import load_experiment
+from services.learner.checkpoint import TrainingCounters, checkpoints, latest_checkpoint, save_checkpoint
+from services.learner.dqn import DqnLearner
+
+
+def batch(seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    size = 16
+    columns: dict[str, np.ndarray] = {
+        "observation": rng.standard_normal((size, 4)).astype(np.float32),
+        "action": rng.integers(0, 2, size),
+        "reward": rng.standard_normal(size).astype(np.float32),
+        "discount": np.full(size, 0.97, np.float32),
+        "next_observation": rng.standard_normal((size, 4)).astype(np.float32),
+    }
+    return columns, np.ones(size, np.float32)
+
+
+def learner() -> DqnLearner:
+    config = load_experiment(
+        "cartpole", ["algorithm.network.hidden_sizes=[16]", "algorithm.target_update_interval=3"]
+    )
+    return DqnLearner(config.algorithm, (4,), 2, torch.device("cpu"), seed=0)
+
+
+def test_a_resumed_learner_takes_exactly_the_steps_the_original_would_have(tmp_path: Path) -> None:
+    original = learner()
+    for seed in range(5):
+        original.update(*batch(seed))
+    counters = TrainingCounters(updates=original.updates, parameter_version=9, environment_steps=1234)
+    save_checkpoint(tmp_path, original.state_tensors(), counters, "general: {}\n")
+    restored = latest_checkpoint(tmp_path)
+    assert restored is not None
+    tensors, loaded_counters, config_text = restored
+    assert loaded_counters == counters
+    assert config_text == "general: {}\n"
+    resumed = learner()
+    resumed.load_state_tensors(tensors, loaded_counters.updates)
+    for seed in range(5, 9):
+        expected = original.update(*batch(seed))
+        got = resumed.update(*batch(seed))
+        assert got.loss == pytest.approx(expected.loss, rel=1e-6)
+        np.testing.assert_allclose(got.priorities, expected.priorities, rtol=1e-5)
+    for name, value in original.online.state_dict().items():
+        torch.testing.assert_close(resumed.online.state_dict()[name], value)
+
+
+def test_only_the_newest_checkpoints_are_kept_and_a_damaged_newest_falls_back(tmp_path: Path) -> None:
+    model = learner()
+    for updates in (10, 20, 30, 40):
+        save_checkpoint(tmp_path, model.state_tensors(), TrainingCounters(updates=updates), "", keep=3)
+    files = checkpoints(tmp_path)
+    assert [path.name for path in files] == [f"checkpoint-{n:012d}.safetensors" for n in (20, 30, 40)]
+    files[-1].write_bytes(b"damaged")
+    restored = latest_checkpoint(tmp_path)
+    assert restored is not None
+    assert restored[1].updates == 30
+
+
+def test_importance_exponent_anneals_to_one() -> None:
+    model = learner()
+    assert model.importance_exponent() == pytest.approx(0.4)
+    model.updates = 5_000
+    assert model.importance_exponent() == pytest.approx(0.7)
+    model.updates = 50_000
+    assert model.importance_exponent() == 1.0
