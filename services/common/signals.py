@@ -22,13 +22,12 @@ def install_stop_handlers() -> threading.Event:
     return stop
 
 
-def wait_for_stop_signal() -> None:
-    """Blocks the main thread until SIGTERM or SIGINT.
+def wait_until_stopped(stop: threading.Event) -> None:
+    """Blocks the main thread until ``stop`` is set (by the handlers above).
 
     The wait wakes every half second: a signal the kernel delivers to another
     (busy) thread only sets a flag, and CPython runs the handler when the main
     thread next executes bytecode, which a wait without timeout would never do.
     """
-    stop = install_stop_handlers()
     while not stop.wait(0.5):
         pass

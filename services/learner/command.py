@@ -11,7 +11,7 @@ import typer
 from services.common.config import ConfigError
 from services.common.experiment import load_experiment
 from services.common.logs import configure_logging
-from services.common.signals import wait_for_stop_signal
+from services.common.signals import install_stop_handlers, wait_until_stopped
 from services.learner.learner import Learner, LearnerSettings
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ def learner_command(
 ) -> None:
     """Run the learner: sample the shards, train Ape-X DQN, publish parameters."""
     configure_logging("learner", log_level)
+    # Handlers first: a SIGTERM right after the start-up line must still drain cleanly.
+    stop = install_stop_handlers()
     addresses = tuple(address.strip() for address in replay.split(",") if address.strip())
     try:
         experiment = load_experiment(config, overrides or [])
@@ -51,5 +53,5 @@ def learner_command(
         typer.echo(f"apexrl learner: {error}", err=True)
         raise typer.Exit(2) from None
     logger.info("learner serving address=%s metrics_port=%s", learner.address, learner.metrics_port)
-    wait_for_stop_signal()
+    wait_until_stopped(stop)
     learner.stop()

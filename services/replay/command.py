@@ -11,7 +11,7 @@ import typer
 from services.common.allocator import keep_large_buffers
 from services.common.config import ConfigError, validate
 from services.common.logs import configure_logging
-from services.common.signals import wait_for_stop_signal
+from services.common.signals import install_stop_handlers, wait_until_stopped
 from services.replay.settings import ReplayShardSettings
 from services.replay.shard import ReplayShard
 
@@ -57,9 +57,11 @@ def replay_command(
     log_level: Annotated[str, typer.Option(envvar="APEXRL_LOG_LEVEL", help="Logging level.")] = "INFO",
 ) -> None:
     """Run one replay shard (prioritized experience replay over gRPC)."""
-    configure_logging("replay", log_level)
-    keep_large_buffers()
     values = {name: value for name, value in locals().items() if name != "log_level"}
+    configure_logging("replay", log_level)
+    # Handlers first: a SIGTERM right after the start-up line must still drain cleanly.
+    stop = install_stop_handlers()
+    keep_large_buffers()
     try:
         settings = validate(ReplayShardSettings, values, "apexrl replay flags")
         shard = ReplayShard(settings)
@@ -67,5 +69,5 @@ def replay_command(
         typer.echo(f"apexrl replay: {error}", err=True)
         raise typer.Exit(2) from None
     logger.info("replay shard serving address=%s metrics_port=%s", shard.address, shard.metrics_port)
-    wait_for_stop_signal()
+    wait_until_stopped(stop)
     shard.stop()
