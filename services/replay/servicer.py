@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -15,7 +15,8 @@ from services.common import tensor_codec
 from services.replay.columns import batch_length
 from services.replay.metrics import ReplayMetrics
 from services.replay.rate_limiter import NotEnoughDataError, RateLimitedError
-from services.replay.table import PrioritizedTable
+from services.replay.sample_encoding import serialize_sample
+from services.replay.table import PrioritizedTable, SampledItems
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +116,10 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
 
         return self._serve("InsertTransitions", context, insert)
 
-    def SampleTransitions(
+    def SampleTransitions(  # type: ignore[override]  # serialized by serialize_sample, see add_to_server
         self, request: replay_pb2.SampleTransitionsRequest, context: grpc.ServicerContext
-    ) -> replay_pb2.SampleTransitionsResponse:
-        def sample() -> replay_pb2.SampleTransitionsResponse:
+    ) -> SampledItems:
+        def sample() -> SampledItems:
             batch_size = request.batch_size
             if not 1 <= batch_size <= MAX_SAMPLE_BATCH:
                 raise ValueError(f"batch_size must be in 1..{MAX_SAMPLE_BATCH}, got {batch_size}")
@@ -127,17 +128,9 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
             if reply_bytes > self._max_message_bytes:
                 raise MessageTooLargeError(
                     f"a sample of {batch_size} items of {item_bytes} bytes needs a ~{reply_bytes} byte "
-                    "reply, "
-                    f"above the {self._max_message_bytes} byte message limit; sample fewer items"
+                    f"reply, above the {self._max_message_bytes} byte message limit; sample fewer items"
                 )
-            items = self._table.sample(batch_size, _allowed_wait_s(request.max_wait_s, context))
-            reply = replay_pb2.SampleTransitionsResponse(
-                total_priority_mass=items.total_priority_mass, size=items.size
-            )
-            tensor_codec.encode_into(reply.keys, items.keys)
-            tensor_codec.encode_into(reply.priority_masses, items.priority_masses)
-            tensor_codec.encode_columns_into(reply.batch, items.columns)
-            return reply
+            return self._table.sample(batch_size, _allowed_wait_s(request.max_wait_s, context))
 
         return self._serve("SampleTransitions", context, sample)
 
@@ -188,3 +181,40 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
             return replay_pb2.SaveSnapshotResponse(path=result.path, size=result.size, bytes=result.bytes)
 
         return self._serve("SaveSnapshot", context, save)
+
+
+def add_to_server(servicer: ReplayServicer, server: grpc.Server) -> None:
+    """Registers the servicer like the generated function, but SampleTransitions replies are
+    serialized by :func:`serialize_sample` (one copy of the column bytes instead of three)."""
+    messages = replay_pb2
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "InsertTransitions": grpc.unary_unary_rpc_method_handler(
+            servicer.InsertTransitions,
+            request_deserializer=messages.InsertTransitionsRequest.FromString,
+            response_serializer=messages.InsertTransitionsResponse.SerializeToString,
+        ),
+        "SampleTransitions": grpc.unary_unary_rpc_method_handler(
+            servicer.SampleTransitions,
+            request_deserializer=messages.SampleTransitionsRequest.FromString,
+            response_serializer=serialize_sample,
+        ),
+        "UpdatePriorities": grpc.unary_unary_rpc_method_handler(
+            servicer.UpdatePriorities,
+            request_deserializer=messages.UpdatePrioritiesRequest.FromString,
+            response_serializer=messages.UpdatePrioritiesResponse.SerializeToString,
+        ),
+        "GetInfo": grpc.unary_unary_rpc_method_handler(
+            servicer.GetInfo,
+            request_deserializer=messages.GetInfoRequest.FromString,
+            response_serializer=messages.GetInfoResponse.SerializeToString,
+        ),
+        "SaveSnapshot": grpc.unary_unary_rpc_method_handler(
+            servicer.SaveSnapshot,
+            request_deserializer=messages.SaveSnapshotRequest.FromString,
+            response_serializer=messages.SaveSnapshotResponse.SerializeToString,
+        ),
+    }
+    service = messages.DESCRIPTOR.services_by_name["ReplayService"]
+    # Every RPC of the contract must be served here; a new one in the proto fails loudly.
+    assert set(handlers) == {method.name for method in service.methods}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))

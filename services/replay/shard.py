@@ -8,12 +8,12 @@ import time
 
 import grpc
 
-from apexrl.replay.v1 import replay_pb2, replay_pb2_grpc
+from apexrl.replay.v1 import replay_pb2
 from services.common.http_endpoint import HttpEndpoint
 from services.common.serving import MIB, RunningServer, ServerSettings, start_server
 from services.replay.metrics import ReplayMetrics
 from services.replay.rate_limiter import RateLimiterSettings
-from services.replay.servicer import ReplayServicer, SnapshotResult
+from services.replay.servicer import ReplayServicer, SnapshotResult, add_to_server
 from services.replay.settings import ReplayShardSettings
 from services.replay.snapshot import load_snapshot, save_snapshot
 from services.replay.table import PrioritizedTable
@@ -60,7 +60,7 @@ class ReplayShard:
         )
 
         def register(server: grpc.Server) -> None:
-            replay_pb2_grpc.add_ReplayServiceServicer_to_server(servicer, server)
+            add_to_server(servicer, server)
 
         self._server: RunningServer = start_server(
             register,

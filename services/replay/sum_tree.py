@@ -49,18 +49,28 @@ class SumTree:
     def set(self, slots: NDArray[np.int64], masses: NDArray[np.float64]) -> None:
         """Set leaf masses (the last one wins for repeated slots), then fix their ancestors.
 
-        Repeated ancestors are recomputed more than once from the same children,
-        which writes the same value: cheaper than deduplicating at every level.
+        Below the search level each ancestor is recomputed per item (a repeated
+        ancestor is written twice with the same sum: cheaper than deduplicating);
+        the small top of the tree is recomputed whole, one slice per level.
         """
         if slots.size == 0:
             return
         nodes = slots + self._leaf_base
         self._nodes[nodes] = masses
         left = np.empty_like(nodes)
-        for _ in range(self._depth):
+        top = min(self._depth, _SEARCH_LEVEL)
+        for _ in range(self._depth - top):
             np.floor_divide(nodes, 2, out=nodes)
             np.multiply(nodes, 2, out=left)
             self._nodes[nodes] = np.take(self._nodes, left) + np.take(self._nodes, left + 1)
+        self._recompute_top(top)
+
+    def _recompute_top(self, level: int) -> None:
+        """Recomputes every node above ``level`` from its children, bottom-up."""
+        for depth in range(level - 1, -1, -1):
+            first = 1 << depth
+            children = self._nodes[2 * first : 4 * first]
+            np.add(children[0::2], children[1::2], out=self._nodes[first : 2 * first])
 
     def set_range(self, start: int, masses: NDArray[np.float64]) -> None:
         """Set the masses of the contiguous slots ``start .. start + len(masses) - 1``.

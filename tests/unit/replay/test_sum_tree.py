@@ -41,6 +41,25 @@ def test_batched_set_matches_a_plain_array_and_its_sum(
     assert tree.total == pytest.approx(reference.sum(), rel=1e-12, abs=1e-9)
 
 
+@given(st.integers(4_000, 40_000), st.integers(0, 2**32 - 1))
+@settings(max_examples=50, deadline=None)
+def test_set_on_a_tree_deeper_than_the_search_level_keeps_every_internal_node_a_sum(
+    capacity: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    tree = SumTree(capacity)
+    reference = np.zeros(capacity)
+    for _ in range(5):
+        slots = rng.integers(0, capacity, 300)
+        values = rng.random(300)
+        tree.set(slots, values)
+        reference[slots] = values
+    np.testing.assert_array_equal(tree.leaves(), reference)
+    nodes = tree._nodes
+    internal = np.arange(1, len(nodes) // 2)
+    np.testing.assert_array_equal(nodes[internal], nodes[2 * internal] + nodes[2 * internal + 1])
+
+
 @given(capacities.flatmap(lambda c: st.tuples(st.just(c), st.integers(0, c - 1), st.integers(1, c))))
 @settings(max_examples=200, deadline=None)
 def test_set_range_matches_set_for_contiguous_slots(case: tuple[int, int, int]) -> None:
