@@ -51,7 +51,7 @@ bench-replay: setup
 	$(PY) bench/replay_throughput.py
 
 run: setup
-	$(BIN)/apexrl demo
+	$(BIN)/apexrl run
 
 clean:
 	rm -rf $(VENV) apexrl build *.egg-info .mypy_cache .ruff_cache .pytest_cache
