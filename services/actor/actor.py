@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 # Transitions kept while no shard accepts them; beyond it the oldest are dropped.
 _MAX_OUTBOX_BATCHES = 64
+# How long an insert may wait on a shard's samples-per-insert limiter: the wait is
+# the back-pressure that keeps actors from outrunning the learner.
+_INSERT_WAIT_S = 10.0
 
 
 def build_network(spec: learner_pb2.ExperimentSpec) -> tuple[QNetwork, Any]:
@@ -73,7 +76,7 @@ class Outbox:
         columns = {name: np.concatenate([part[name] for part in self._parts]) for name in self._parts[0]}
         priorities = initial_priorities(network, columns)
         try:
-            self._replay.insert(columns, priorities)
+            self._replay.insert(columns, priorities, max_wait_s=_INSERT_WAIT_S)
         except (ReplayUnavailableError, grpc.RpcError) as error:
             self._retry_at = time.monotonic() + 1.0
             self._parts = [columns]

@@ -16,6 +16,10 @@ from services.common.sharded_replay import ReplayUnavailableError, ShardedReplay
 
 logger = logging.getLogger(__name__)
 
+# How long a sample may wait on the shards' samples-per-insert limiter for actors
+# to catch up, before the prefetcher backs off and asks again.
+_SAMPLE_WAIT_S = 1.0
+
 
 class BatchPrefetcher:
     """Keeps a few sampled batches ready so the optimizer never waits on the network.
@@ -43,6 +47,7 @@ class BatchPrefetcher:
         self.replay_capacity = 0
         self.shards_up = 0
         self.sample_seconds = 0.0
+        self._quiet_until = 0.0
         self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
 
     def start(self) -> BatchPrefetcher:
@@ -54,8 +59,11 @@ class BatchPrefetcher:
             try:
                 self._fetch_one()
             except (ReplayUnavailableError, grpc.RpcError) as error:
-                logger.warning("replay sampling failed error=%s", error)
-                self._stop.wait(0.5)
+                # Expected while actors warm up or a shard restarts: say so now and then, not per try.
+                if time.monotonic() >= self._quiet_until:
+                    self._quiet_until = time.monotonic() + 10.0
+                    logger.warning("replay sampling failed error=%s", error)
+                self._stop.wait(0.2)
 
     def _fetch_one(self) -> None:
         self.replay_size, self.replay_capacity = self._client.totals()
@@ -67,7 +75,7 @@ class BatchPrefetcher:
                 self._stop.wait(0.1)
                 return
         started = time.perf_counter()
-        sample = self._client.sample(self._batch_size, self._importance_exponent())
+        sample = self._client.sample(self._batch_size, self._importance_exponent(), max_wait_s=_SAMPLE_WAIT_S)
         self.sample_seconds = time.perf_counter() - started
         self.replay_size = sample.total_size
         while not self._stop.is_set():

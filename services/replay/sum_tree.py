@@ -27,6 +27,7 @@ class SumTree:
         self._leaf_base = 1 << self._depth
         # np.zeros maps untouched pages lazily, so memory grows as the table fills.
         self._nodes = np.zeros(2 * self._leaf_base, dtype=np.float64)
+        self._prefix: NDArray[np.float64] | None = None
 
     @property
     def capacity(self) -> int:
@@ -55,6 +56,7 @@ class SumTree:
         """
         if slots.size == 0:
             return
+        self._prefix = None
         nodes = slots + self._leaf_base
         self._nodes[nodes] = masses
         left = np.empty_like(nodes)
@@ -82,6 +84,7 @@ class SumTree:
             return
         if start < 0 or start + masses.size > self._capacity:
             raise IndexError(f"slots {start}..{start + masses.size - 1} outside 0..{self._capacity - 1}")
+        self._prefix = None
         low = start + self._leaf_base
         high = low + masses.size - 1
         self._nodes[low : high + 1] = masses
@@ -107,7 +110,7 @@ class SumTree:
         # one level replaces that many levels of per-level numpy calls.
         level = min(self._depth, _SEARCH_LEVEL)
         first = 1 << level
-        prefix = np.cumsum(self._nodes[first : 2 * first])
+        prefix = self._search_prefix(first)
         index = np.minimum(np.searchsorted(prefix, targets, side="right"), first - 1)
         targets -= np.where(index > 0, prefix[index - 1], 0.0)
         nodes: NDArray[np.int64] = index + first
@@ -123,6 +126,12 @@ class SumTree:
         if empty.any():
             nodes[empty] = self._guarded_descent(uniforms[empty] * total)
         return nodes - self._leaf_base
+
+    def _search_prefix(self, first: int) -> NDArray[np.float64]:
+        """Prefix sums of the search level, kept until the next write (samplers often outpace writers)."""
+        if self._prefix is None:
+            self._prefix = np.cumsum(self._nodes[first : 2 * first])
+        return self._prefix
 
     def _guarded_descent(self, targets: NDArray[np.float64]) -> NDArray[np.int64]:
         """The descent that never enters a subtree of zero mass."""
