@@ -33,10 +33,15 @@ _MAX_OUTBOX_BATCHES = 64
 _INSERT_WAIT_S = 10.0
 
 
+def make_spec_environment(spec: learner_pb2.ExperimentSpec) -> Any:
+    """The experiment's environment, as every actor and the evaluator create it."""
+    options = json_format.MessageToDict(spec.environment_options)
+    return make_environment(spec.environment_id, options, spec.frame_stack or 1)
+
+
 def build_network(spec: learner_pb2.ExperimentSpec) -> tuple[QNetwork, Any]:
     """The spec's environment and the Q network that fits it."""
-    options = json_format.MessageToDict(spec.environment_options)
-    environment = make_environment(spec.environment_id, options, spec.frame_stack or 1)
+    environment = make_spec_environment(spec)
     network_spec = NetworkSpec(
         kind=network_kind_name(spec.network.kind),
         hidden_sizes=tuple(spec.network.hidden_sizes),
@@ -106,14 +111,8 @@ class Actor:
         spec = registration.spec
         settings = registration.actor_settings
         network, first_environment = build_network(spec)
-        environments = [first_environment] + [
-            make_environment(
-                spec.environment_id,
-                json_format.MessageToDict(spec.environment_options),
-                spec.frame_stack or 1,
-            )
-            for _ in range(max(1, settings.environments_per_actor) - 1)
-        ]
+        extra = max(1, settings.environments_per_actor) - 1
+        environments = [first_environment] + [make_spec_environment(spec) for _ in range(extra)]
         seed = int(spec.seed) + 10_007 * registration.actor_id
         torch.manual_seed(seed)
         rollout = Rollout(environments, NStepBuilder(len(environments), spec.n_step, spec.discount), seed)
