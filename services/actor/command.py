@@ -9,9 +9,6 @@ from typing import Annotated
 
 import typer
 
-from services.actor.actor import Actor
-from services.actor.evaluator import Evaluator
-from services.actor.learner_client import LearnerClient
 from services.actor.metrics import ActorMetrics
 from services.common.http_endpoint import HttpEndpoint
 from services.common.logs import configure_logging
@@ -29,6 +26,11 @@ LogLevelOption = Annotated[str, typer.Option(envvar="APEXRL_LOG_LEVEL", help="Lo
 
 
 def _serve(role: str, learner: str, metrics_port: int | None, log_level: str) -> None:
+    # torch and gymnasium: imported only by the roles that use them.
+    from services.actor.actor import Actor
+    from services.actor.evaluator import Evaluator
+    from services.actor.learner_client import LearnerClient
+
     configure_logging(role, log_level)
     stop = install_stop_handlers()
     metrics = ActorMetrics()

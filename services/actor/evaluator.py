@@ -22,10 +22,14 @@ logger = logging.getLogger(__name__)
 _EVALUATION_SEED_OFFSET = 1_000_000
 
 
-def play_greedy_episodes(network: QNetwork, environment: object, episodes: int, seed: int) -> list[float]:
-    """Undiscounted returns of ``episodes`` greedy episodes."""
+def play_greedy_episodes(
+    network: QNetwork, environment: object, episodes: int, seed: int, stop: threading.Event | None = None
+) -> list[float]:
+    """Undiscounted returns of ``episodes`` greedy episodes (fewer if ``stop`` is set meanwhile)."""
     returns = []
     for episode in range(episodes):
+        if stop is not None and stop.is_set():
+            break
         observation, _ = environment.reset(seed=seed + episode)  # type: ignore[attr-defined]
         total, done = 0.0, False
         while not done:
@@ -73,8 +77,9 @@ class Evaluator:
                 continue
             network.load_state_dict(parameters.state_dict)
             version = parameters.version
-            returns = play_greedy_episodes(network, environment, settings.episodes, seed)
-            self._report(version, returns)
+            returns = play_greedy_episodes(network, environment, settings.episodes, seed, stop)
+            if len(returns) == settings.episodes:
+                self._report(version, returns)
             stop.wait(settings.interval_s)
         environment.close()
 

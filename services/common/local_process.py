@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
@@ -26,19 +25,16 @@ def _die_with_parent() -> None:
 class LocalProcess:
     """Runs ``python -m services ARGS`` in its own session and copies its log to ``log_path``.
 
-    With ``wait_for_address`` it blocks until the child logs ``serving address=HOST:PORT``.
+    A service logs ``serving address=HOST:PORT`` once it serves; :meth:`wait_for_address`
+    waits for that line, so several children can start in parallel and be awaited after.
     The child gets its own session so a terminal's Ctrl-C reaches only the launcher,
     which then stops the children in order.
     """
 
-    def __init__(
-        self,
-        args: Sequence[str],
-        log_path: Path,
-        wait_for_address: bool = True,
-        start_timeout_s: float = 120.0,
-    ) -> None:
+    def __init__(self, args: Sequence[str], log_path: Path) -> None:
         self.args = list(args)
+        self.address = ""
+        self._serving = threading.Event()
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
@@ -50,30 +46,26 @@ class LocalProcess:
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads touch state between fork and exec here
         )
         assert self.process.stderr is not None
-        self.address = self._read_address(self.process.stderr, start_timeout_s) if wait_for_address else ""
         # Keep draining stderr, or the child blocks once the pipe buffer fills.
         self._drain = threading.Thread(target=self._copy_log, args=(self.process.stderr,), daemon=True)
         self._drain.start()
-
-    def _read_address(self, stream: IO[str], timeout_s: float) -> str:
-        deadline = time.monotonic() + timeout_s
-        for line in stream:
-            self._log.write(line)
-            match = _ADDRESS.search(line)
-            if match:
-                self._log.flush()
-                return match.group(1)
-            if time.monotonic() > deadline:
-                break
-        self.process.kill()
-        self.process.wait()
-        self._log.close()
-        raise RuntimeError(f"`apexrl {self.args[0]}` did not start (exit code {self.process.returncode})")
 
     def _copy_log(self, stream: IO[str]) -> None:
         for line in stream:
             self._log.write(line)
             self._log.flush()
+            if not self.address and (match := _ADDRESS.search(line)):
+                self.address = match.group(1)
+                self._serving.set()
+        self._serving.set()  # the stream ended: the process is gone
+
+    def wait_for_address(self, timeout_s: float = 120.0) -> str:
+        """The address the child serves on; RuntimeError if it exits or stays silent."""
+        if not self._serving.wait(timeout_s) or not self.address:
+            self.process.kill()
+            code = self.process.wait()
+            raise RuntimeError(f"`apexrl {self.args[0]}` did not start serving (exit code {code})")
+        return self.address
 
     def exit_code(self) -> int | None:
         return self.process.poll()

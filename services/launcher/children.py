@@ -39,15 +39,23 @@ class Child:
     def address(self) -> str:
         return self.process.address if self.process is not None else ""
 
-    def start(self) -> Child:
-        try:
-            self.process = LocalProcess(self._args(self.port), self.log_path, wait_for_address=self._serves)
-        except RuntimeError as error:
-            raise RunFailedError(f"{self.name} failed to start: {error}; see {self.log_path}") from None
-        if self._serves:
-            # A restart binds the same port, so the others' addresses stay valid.
-            self.port = int(self.process.address.rsplit(":", 1)[1])
+    def launch(self) -> Child:
+        """Starts the process without waiting for it to serve."""
+        self.process = LocalProcess(self._args(self.port), self.log_path)
         return self
+
+    def ready(self) -> Child:
+        """Waits until a serving child logs its address (a restart keeps the same port)."""
+        if self._serves and self.process is not None:
+            try:
+                address = self.process.wait_for_address()
+            except RuntimeError as error:
+                raise RunFailedError(f"{self.name} failed to start: {error}; see {self.log_path}") from None
+            self.port = int(address.rsplit(":", 1)[1])
+        return self
+
+    def start(self) -> Child:
+        return self.launch().ready()
 
     def check(self) -> None:
         """Restarts the process if it exited; RunFailedError once it has died too often."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,9 +12,10 @@ from rich.console import Console
 from services.common.config import ConfigError
 from services.common.experiment import load_experiment
 from services.common.signals import install_stop_handlers
-from services.launcher.children import RunFailedError
-from services.launcher.local_run import RunOutcome, default_run_dir, run_locally
 from services.launcher.progress_view import ProgressView
+
+if TYPE_CHECKING:
+    from services.launcher.local_run import RunOutcome
 
 
 def _log_to_file(path: Path, level: str) -> None:
@@ -57,6 +58,9 @@ def run_command(
     log_level: Annotated[str, typer.Option(help="Level of the launcher's own log file.")] = "INFO",
 ) -> None:
     """Train on this machine: replay shards, learner, evaluator and actors as local processes."""
+    from services.launcher.children import RunFailedError
+    from services.launcher.local_run import default_run_dir, run_locally
+
     console = Console()
     try:
         experiment = load_experiment(config, overrides or [])

@@ -108,8 +108,12 @@ class LocalRun:
         return [*self.shards, self.learner, self.evaluator, *self.actors]
 
     def start(self) -> None:
-        for child in self._children():
-            child.start()
+        """Shards in parallel, then the learner (it needs their addresses), then everyone else."""
+        for stage in (self.shards, [self.learner], [self.evaluator, *self.actors]):
+            for child in stage:
+                child.launch()
+            for child in stage:
+                child.ready()
 
     def supervise(self, stop: threading.Event, view: ProgressView, poll_s: float = 0.5) -> RunOutcome:
         """Runs until the learner reports the run finished, ``stop`` is set, or a part fails for good."""

@@ -12,7 +12,6 @@ from services.common.config import ConfigError
 from services.common.experiment import load_experiment
 from services.common.logs import configure_logging
 from services.common.signals import install_stop_handlers, wait_until_stopped
-from services.learner.learner import Learner, LearnerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +42,8 @@ def learner_command(
     configure_logging("learner", log_level)
     # Handlers first: a SIGTERM right after the start-up line must still drain cleanly.
     stop = install_stop_handlers()
+    from services.learner.learner import Learner, LearnerSettings  # torch: imported only by this role
+
     addresses = tuple(address.strip() for address in replay.split(",") if address.strip())
     try:
         experiment = load_experiment(config, overrides or [])

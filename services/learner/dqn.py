@@ -55,7 +55,7 @@ class DqnLearner:
         self.target.load_state_dict(self.online.state_dict())
         self.target.requires_grad_(False)
         self.optimizer = torch.optim.Adam(
-            self.online.parameters(), lr=config.learning_rate, eps=config.adam_epsilon
+            self.online.parameters(), lr=config.learning_rate, eps=config.adam_epsilon, foreach=True
         )
         self.updates = 0
 

@@ -46,7 +46,7 @@ def run_demo(shards: int, seconds: float, capacity: int, run_dir: Path, console:
         )
         for index in range(shards)
     ]
-    client = ShardedReplayClient([p.address for p in processes], seed=0)
+    client = ShardedReplayClient([p.wait_for_address() for p in processes], seed=0)
     rng = np.random.default_rng(0)
     inserted = sampled = size = 0
     started = time.perf_counter()

@@ -1,0 +1,148 @@
+"""Learner updates per second sampling from 2 remote shards, against the same learner on an in-process buffer.
+
+Usage: ``.venv/bin/python bench/learner_throughput.py [--seconds 20] [--runs 3]``. Both sides
+run the CartPole preset's learner (network, batch size, optimizer) on the same
+stored transitions; the remote side samples through the prefetch thread and sends
+priorities back on the priority thread, exactly as ``apexrl learner`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from services.common.experiment import ExperimentConfig, load_experiment
+from services.common.local_process import LocalProcess
+from services.common.sharded_replay import ShardedReplayClient
+from services.learner.dqn import DqnLearner
+from services.learner.replay_feed import BatchPrefetcher, PrioritySender
+from services.replay.rate_limiter import RateLimiterSettings
+from services.replay.table import PrioritizedTable
+
+ITEMS_PER_SHARD = 50_000
+INSERT_BATCH = 1_000
+
+
+def transitions(rng: np.random.Generator, count: int) -> dict[str, NDArray[np.generic]]:
+    observation = rng.standard_normal((count, 4)).astype(np.float32)
+    return {
+        "observation": observation,
+        "action": rng.integers(0, 2, count),
+        "reward": np.ones(count, dtype=np.float32),
+        "discount": np.full(count, 0.99**3, dtype=np.float32),
+        "next_observation": (observation + 0.01).astype(np.float32),
+    }
+
+
+def learner(config: ExperimentConfig) -> DqnLearner:
+    torch.set_num_threads(config.general.learner_threads)
+    return DqnLearner(config.algorithm, (4,), 2, torch.device("cpu"), seed=0)
+
+
+def remote_updates_per_s(config: ExperimentConfig, addresses: list[str], seconds: float) -> float:
+    model = learner(config)
+    prefetcher = BatchPrefetcher(addresses, config.algorithm.batch_size, model.importance_exponent, 1, seed=0)
+    sender = PrioritySender(addresses)
+    prefetcher.start()
+    sender.start()
+    try:
+        for _ in range(20):  # warm-up
+            sample = prefetcher.get(timeout_s=30.0)
+            assert sample is not None, "no batch from the shards"
+            model.update(sample.columns, sample.importance_weights)
+        updates, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            sample = prefetcher.get(timeout_s=30.0)
+            assert sample is not None
+            result = model.update(sample.columns, sample.importance_weights)
+            sender.send(sample.shards, sample.keys, result.priorities)
+            updates += 1
+        return updates / elapsed
+    finally:
+        prefetcher.stop()
+        sender.stop()
+
+
+def local_updates_per_s(config: ExperimentConfig, table: PrioritizedTable, seconds: float) -> float:
+    model = learner(config)
+    batch_size = config.algorithm.batch_size
+
+    def step() -> None:
+        items = table.sample(batch_size, max_wait_s=0)
+        size = table.size
+        probability = items.priority_masses / items.total_priority_mass
+        weights = (size * probability) ** -model.importance_exponent()
+        result = model.update(items.columns, (weights / weights.max()).astype(np.float32))
+        table.update_priorities(items.keys, result.priorities)
+
+    for _ in range(20):
+        step()
+    updates, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        step()
+        updates += 1
+    return updates / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--runs", type=int, default=3)
+    arguments = parser.parse_args()
+    config = load_experiment("cartpole")
+    rng = np.random.default_rng(0)
+    data = [transitions(rng, INSERT_BATCH) for _ in range(2 * ITEMS_PER_SHARD // INSERT_BATCH)]
+    priorities = [rng.uniform(0.01, 1.0, INSERT_BATCH) for _ in data]
+    table = PrioritizedTable(
+        2 * ITEMS_PER_SHARD, config.algorithm.priority_exponent, RateLimiterSettings(), seed=0
+    )
+    for columns, values in zip(data, priorities, strict=True):
+        table.insert(columns, values, max_wait_s=0)
+    logs = Path(tempfile.mkdtemp(prefix="bench-learner-"))
+    capacity = str(ITEMS_PER_SHARD)
+    shards = [
+        LocalProcess(["replay", "--port", "0", "--capacity", capacity], logs / f"replay-{k}.log")
+        for k in range(2)
+    ]
+    try:
+        addresses = [shard.wait_for_address() for shard in shards]
+        client = ShardedReplayClient(addresses)
+        for columns, values in zip(data, priorities, strict=True):
+            client.insert(columns, values)
+        client.close()
+        remote, local = [], []
+        for _ in range(arguments.runs):
+            remote.append(remote_updates_per_s(config, addresses, arguments.seconds))
+            local.append(local_updates_per_s(config, table, arguments.seconds))
+    finally:
+        for shard in shards:
+            shard.stop()
+    value, reference = statistics.median(remote), statistics.median(local)
+    print(
+        json.dumps(
+            {
+                "bench": "learner_throughput",
+                "workload": "cartpole",
+                "measure": "updates_per_s_2_remote_shards",
+                "value": value,
+                "unit": "updates/s",
+                "reference": "in_process_buffer",
+                "reference_value": reference,
+                "ratio": value / reference,
+                "better": "higher",
+            }
+        )
+    )
+    print(f"runs remote={remote} local={local}", file=__import__("sys").stderr)
+
+
+if __name__ == "__main__":
+    main()
