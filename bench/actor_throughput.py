@@ -1,0 +1,126 @@
+"""Environment steps per second of 1, 2, 4 and 8 actor processes, against a bare loop running the same policy.
+
+Usage: ``.venv/bin/python bench/actor_throughput.py [--seconds 15] [--actors 1,2,4,8]``.
+The distributed actors are real ``apexrl actor`` processes registered with a learner
+that serves parameters but does not train (its learning threshold is never
+reached), inserting into two replay shards. The bare loop steps the same
+environments with the same network, exploration and n-step builder in this
+process, with no replay, learner or network in between.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from services.actor.actor import build_network
+from services.actor.learner_client import LearnerClient
+from services.actor.n_step import NStepBuilder
+from services.actor.policy import epsilon_greedy
+from services.actor.rollout import Rollout
+from services.common.environments import make_environment
+from services.common.experiment import experiment_spec, load_experiment
+from services.common.local_process import LocalProcess
+
+_WARM_UP_S = 5.0
+
+
+def bare_steps_per_s(seconds: float) -> float:
+    """One process stepping the preset's environments with its policy, nothing else."""
+    torch.set_num_threads(1)
+    config = load_experiment("cartpole")
+    network, first = build_network(experiment_spec(config))
+    count = config.algorithm.actor.environments_per_actor
+    environments = [first] + [make_environment(config.environment.id, {}) for _ in range(count - 1)]
+    rollout = Rollout(
+        environments, NStepBuilder(count, config.algorithm.n_step, config.algorithm.discount), 0
+    )
+    rng = np.random.default_rng(0)
+
+    def act(observations: np.ndarray) -> np.ndarray:
+        return epsilon_greedy(network, observations, 0.05, rng)
+
+    steps, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        rollout.step(act)
+        steps += count
+    return steps / elapsed
+
+
+def distributed_steps_per_s(actors: int, seconds: float, logs: Path) -> float:
+    """Aggregate steps/s of ``actors`` actor processes, read from the learner's status."""
+    shards = [
+        LocalProcess(["replay", "--port", "0", "--capacity", "200000"], logs / f"replay-{k}.log")
+        for k in range(2)
+    ]
+    processes = list(shards)
+    try:
+        replay = ",".join(shard.wait_for_address() for shard in shards)
+        learner = LocalProcess(
+            [
+                "learner",
+                "cartpole",
+                "--replay",
+                replay,
+                "--run-dir",
+                str(logs / f"run-{actors}"),
+                "--set",
+                "algorithm.min_replay_size=100000000",
+                "--set",
+                "general.max_wall_time_s=100000",
+            ],
+            logs / f"learner-{actors}.log",
+        )
+        processes.append(learner)
+        address = learner.wait_for_address()
+        processes += [
+            LocalProcess(["actor", "--learner", address], logs / f"actor-{actors}-{i}.log")
+            for i in range(actors)
+        ]
+        client = LearnerClient(address)
+        time.sleep(_WARM_UP_S)
+        first_steps, started = client.status().environment_steps, time.perf_counter()
+        time.sleep(seconds)
+        steps = client.status().environment_steps - first_steps
+        client.close()
+        return steps / (time.perf_counter() - started)
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--actors", default="1,2,4,8")
+    arguments = parser.parse_args()
+    logs = Path(tempfile.mkdtemp(prefix="bench-actors-"))
+    reference = bare_steps_per_s(arguments.seconds)
+    for actors in (int(value) for value in arguments.actors.split(",")):
+        value = distributed_steps_per_s(actors, arguments.seconds, logs)
+        print(
+            json.dumps(
+                {
+                    "bench": "actor_throughput",
+                    "workload": "cartpole",
+                    "measure": f"environment_steps_per_s_{actors}_actors",
+                    "value": value,
+                    "unit": "steps/s",
+                    "reference": "bare_single_process_loop",
+                    "reference_value": reference,
+                    "ratio": value / reference,
+                    "better": "higher",
+                }
+            ),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
