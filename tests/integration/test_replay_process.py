@@ -66,6 +66,23 @@ def test_sigterm_drains_snapshots_and_a_restart_restores(tmp_path: Path) -> None
     try:
         channel = create_channel(address)
         assert is_serving(address)
+        probe = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "services",
+                "health",
+                address,
+                "--service",
+                "apexrl.replay.v1.ReplayService",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (probe.returncode, probe.stdout.strip()) == (0, "SERVING")
         info = replay_pb2_grpc.ReplayServiceStub(channel).GetInfo(replay_pb2.GetInfoRequest(), timeout=10)
         assert (info.size, info.inserts, info.incarnation) == (40, 40, 2)
     finally:
@@ -93,3 +110,13 @@ def test_a_stopped_process_refuses_connections_rather_than_hanging() -> None:
     with pytest.raises(grpc.RpcError) as caught:
         stub.GetInfo(replay_pb2.GetInfoRequest(), timeout=2)
     assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    probe = subprocess.run(
+        [sys.executable, "-m", "services", "health", address, "--timeout-s", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert probe.returncode == 1
+    assert probe.stdout.strip() in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
