@@ -22,7 +22,7 @@ from services.actor.rollout import Rollout
 from services.common.environments import discrete_action_count, make_environment, observation_shape
 from services.common.experiment import network_kind_name
 from services.common.networks import NetworkSpec, QNetwork, build_q_network
-from services.common.sharded_replay import ReplayUnavailableError, ShardedReplayClient
+from services.common.sharded_replay import PendingInsert, ReplayUnavailableError, ShardedReplayClient
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,12 @@ def build_network(spec: learner_pb2.ExperimentSpec) -> tuple[QNetwork, Any]:
 
 
 class Outbox:
-    """Transitions waiting to be inserted; sent in batches, kept (bounded) while the replay is away."""
+    """Transitions waiting to be inserted, sent in batches with one insert in flight while acting goes on.
+
+    The next batch waits for the previous insert, so a shard's rate limiter still
+    holds the actor back; while no shard accepts, transitions are kept (the
+    newest ``_MAX_OUTBOX_BATCHES`` batches) and sent again later.
+    """
 
     def __init__(self, replay: ShardedReplayClient, batch_size: int, metrics: ActorMetrics) -> None:
         self._replay = replay
@@ -64,6 +69,7 @@ class Outbox:
         self._parts: list[Columns] = []
         self._count = 0
         self._retry_at = 0.0
+        self._in_flight: tuple[PendingInsert, Columns] | None = None
 
     def add(self, columns: Columns) -> None:
         rows = len(columns["reward"])
@@ -75,24 +81,44 @@ class Outbox:
         return self._count >= self._batch_size and time.monotonic() >= self._retry_at
 
     def send(self, network: QNetwork) -> None:
-        """Inserts everything held with priorities from ``network``; keeps it if no shard accepts."""
+        """Waits for the insert in flight, then starts one with all that is held."""
+        self._settle()
         if not self._count:
             return
         columns = {name: np.concatenate([part[name] for part in self._parts]) for name in self._parts[0]}
-        priorities = initial_priorities(network, columns)
         try:
-            self._replay.insert(columns, priorities, max_wait_s=_INSERT_WAIT_S)
-        except (ReplayUnavailableError, grpc.RpcError) as error:
-            self._retry_at = time.monotonic() + 1.0
-            self._parts = [columns]
-            excess = self._count - _MAX_OUTBOX_BATCHES * self._batch_size
-            if excess > 0:
-                self._parts = [{name: column[excess:] for name, column in columns.items()}]
-                self._count -= excess
-            logger.warning("insert failed, keeping %d transitions error=%s", self._count, error)
+            pending = self._replay.start_insert(columns, initial_priorities(network, columns), _INSERT_WAIT_S)
+        except ReplayUnavailableError as error:
+            self._keep(columns, error)
             return
-        self._metrics.transitions_sent.inc(self._count)
+        self._in_flight = (pending, columns)
         self._parts, self._count = [], 0
+
+    def flush(self, network: QNetwork) -> None:
+        """Sends what is held and waits for it (on stop)."""
+        self.send(network)
+        self._settle()
+
+    def _settle(self) -> None:
+        if self._in_flight is None:
+            return
+        pending, columns = self._in_flight
+        self._in_flight = None
+        try:
+            self._replay.finish_insert(pending)
+        except grpc.RpcError as error:
+            self._keep(columns, error)
+            return
+        self._metrics.transitions_sent.inc(len(columns["reward"]))
+
+    def _keep(self, columns: Columns, error: Exception) -> None:
+        """Puts a batch that was not accepted back in front, dropping the oldest beyond the bound."""
+        self._retry_at = time.monotonic() + 1.0
+        self._parts.insert(0, columns)
+        self._count += len(columns["reward"])
+        while self._count > _MAX_OUTBOX_BATCHES * self._batch_size and len(self._parts) > 1:
+            self._count -= len(self._parts.pop(0)["reward"])
+        logger.warning("insert failed, keeping %d transitions error=%s", self._count, error)
 
 
 class Actor:
@@ -129,7 +155,7 @@ class Actor:
             self._loop(stop, session, rollout, outbox, settings.parameter_refresh_steps)
         finally:
             outbox.add(rollout.flush())
-            outbox.send(network)
+            outbox.flush(network)
             rollout.close()
             replay.close()
             logger.info("actor stopped steps=%d", session.steps)

@@ -55,6 +55,14 @@ class ShardedSample:
     total_size: int
 
 
+@dataclass(frozen=True)
+class PendingInsert:
+    """An insert on its way to one shard."""
+
+    shard: int
+    call: grpc.Future[replay_pb2.InsertTransitionsResponse]
+
+
 @dataclass
 class _Shard:
     address: str
@@ -295,31 +303,49 @@ class ShardedReplayClient:
                 self._mark_down(shard_index, error)
         return updated
 
+    def start_insert(
+        self,
+        columns: Mapping[str, NDArray[np.generic]],
+        priorities: NDArray[np.floating],
+        max_wait_s: float = 0.0,
+    ) -> PendingInsert:
+        """Starts an insert into the next shard not backing off (round robin); see :meth:`finish_insert`."""
+        request = replay_pb2.InsertTransitionsRequest(max_wait_s=max_wait_s)
+        tensor_codec.encode_columns_into(request.batch, columns)
+        tensor_codec.encode_into(request.priorities, np.asarray(priorities, dtype=np.float32))
+        now = time.monotonic()
+        for _ in range(len(self._shards)):
+            shard_index = self._next_insert_shard
+            self._next_insert_shard = (shard_index + 1) % len(self._shards)
+            shard = self._shards[shard_index]
+            if now >= shard.down_until:
+                call = shard.stub.InsertTransitions.future(request, timeout=self._timeout_s + max_wait_s)
+                return PendingInsert(shard_index, call)
+        raise ReplayUnavailableError(f"all {len(self._shards)} replay shards are backing off")
+
+    def finish_insert(self, pending: PendingInsert) -> NDArray[np.int64]:
+        """The keys of a started insert; grpc.RpcError if it failed (an unreachable shard is marked down)."""
+        try:
+            reply = pending.call.result()
+        except grpc.RpcError as error:
+            if error.code() in _DOWN_CODES:
+                self._mark_down(pending.shard, error)
+            raise
+        self._mark_up(pending.shard)
+        return tensor_codec.decode(reply.keys, "keys").astype(np.int64, copy=False)
+
     def insert(
         self,
         columns: Mapping[str, NDArray[np.generic]],
         priorities: NDArray[np.floating],
         max_wait_s: float = 0.0,
     ) -> tuple[int, NDArray[np.int64]]:
-        """Inserts into the next reachable shard (round robin); returns the shard and the keys."""
-        request = replay_pb2.InsertTransitionsRequest(
-            batch=tensor_codec.encode_columns(columns),
-            priorities=tensor_codec.encode(np.asarray(priorities, dtype=np.float32)),
-            max_wait_s=max_wait_s,
-        )
+        """Inserts into the next reachable shard, trying each once; returns the shard and the keys."""
         for _ in range(len(self._shards)):
-            shard_index = self._next_insert_shard
-            self._next_insert_shard = (shard_index + 1) % len(self._shards)
-            shard = self._shards[shard_index]
-            if time.monotonic() < shard.down_until:
-                continue
+            pending = self.start_insert(columns, priorities, max_wait_s)
             try:
-                reply = shard.stub.InsertTransitions(request, timeout=self._timeout_s + max_wait_s)
+                return pending.shard, self.finish_insert(pending)
             except grpc.RpcError as error:
                 if error.code() not in _DOWN_CODES:
                     raise
-                self._mark_down(shard_index, error)
-                continue
-            self._mark_up(shard_index)
-            return shard_index, tensor_codec.decode(reply.keys, "keys").astype(np.int64, copy=False)
         raise ReplayUnavailableError(f"no replay shard accepted the insert ({len(self._shards)} tried)")
