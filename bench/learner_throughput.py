@@ -17,29 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from numpy.typing import NDArray
 
 from services.common.experiment import ExperimentConfig, load_experiment
 from services.common.local_process import LocalProcess
 from services.common.sharded_replay import ShardedReplayClient
 from services.learner.dqn import DqnLearner
 from services.learner.replay_feed import BatchPrefetcher, PrioritySender
+from services.replay.demo import cartpole_like_transitions
 from services.replay.rate_limiter import RateLimiterSettings
 from services.replay.table import PrioritizedTable
 
 ITEMS_PER_SHARD = 50_000
 INSERT_BATCH = 1_000
-
-
-def transitions(rng: np.random.Generator, count: int) -> dict[str, NDArray[np.generic]]:
-    observation = rng.standard_normal((count, 4)).astype(np.float32)
-    return {
-        "observation": observation,
-        "action": rng.integers(0, 2, count),
-        "reward": np.ones(count, dtype=np.float32),
-        "discount": np.full(count, 0.99**3, dtype=np.float32),
-        "next_observation": (observation + 0.01).astype(np.float32),
-    }
 
 
 def learner(config: ExperimentConfig) -> DqnLearner:
@@ -99,7 +88,7 @@ def main() -> None:
     arguments = parser.parse_args()
     config = load_experiment("cartpole")
     rng = np.random.default_rng(0)
-    data = [transitions(rng, INSERT_BATCH) for _ in range(2 * ITEMS_PER_SHARD // INSERT_BATCH)]
+    data = [cartpole_like_transitions(rng, INSERT_BATCH) for _ in range(2 * ITEMS_PER_SHARD // INSERT_BATCH)]
     priorities = [rng.uniform(0.01, 1.0, INSERT_BATCH) for _ in data]
     table = PrioritizedTable(
         2 * ITEMS_PER_SHARD, config.algorithm.priority_exponent, RateLimiterSettings(), seed=0

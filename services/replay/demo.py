@@ -15,7 +15,8 @@ from services.common.local_process import LocalProcess
 from services.common.sharded_replay import ReplayUnavailableError, ShardedReplayClient
 
 
-def _cartpole_like(rng: np.random.Generator, count: int) -> dict[str, NDArray[np.generic]]:
+def cartpole_like_transitions(rng: np.random.Generator, count: int) -> dict[str, NDArray[np.generic]]:
+    """Random transitions with CartPole's signature (3-step discount), for demos and benchmarks."""
     observation = rng.standard_normal((count, 4)).astype(np.float32)
     return {
         "observation": observation,
@@ -53,7 +54,7 @@ def run_demo(shards: int, seconds: float, capacity: int, run_dir: Path, console:
     try:
         with Live(console=console, refresh_per_second=4, transient=not console.is_terminal) as live:
             while (elapsed := time.perf_counter() - started) < seconds:
-                client.insert(_cartpole_like(rng, 1000), rng.uniform(0.01, 1.0, 1000))
+                client.insert(cartpole_like_transitions(rng, 1000), rng.uniform(0.01, 1.0, 1000))
                 inserted += 1000
                 try:
                     sample = client.sample(256, importance_exponent=0.4)
