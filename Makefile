@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PROTOS := $(shell find protos -name '*.proto')
 GENERATED := apexrl/.generated
 
-.PHONY: setup protos test test-fast lint format bench bench-replay run clean
+.PHONY: setup protos test test-fast lint format bench bench-replay bench-learner bench-actors bench-solve run clean
 
 setup: $(VENV)/.installed $(GENERATED)
 
@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt --config-settings editable_mode=compat -e '.[train,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt --config-settings editable_mode=compat -e '.[train,dev,bench]'
 	touch $@
 
 # Generated code is never committed: it is produced here, by the grpcio-tools that
@@ -45,10 +45,19 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: bench-replay
+bench: bench-replay bench-learner bench-actors bench-solve
 
 bench-replay: setup
 	$(PY) bench/replay_throughput.py
+
+bench-learner: setup
+	$(PY) bench/learner_throughput.py
+
+bench-actors: setup
+	$(PY) bench/actor_throughput.py
+
+bench-solve: setup
+	$(PY) bench/time_to_solve.py cartpole
 
 run: setup
 	$(BIN)/apexrl run
