@@ -32,12 +32,10 @@ def batch_length(columns: Columns) -> int:
         if array.ndim == 0:
             raise ValueError(f"column {name!r} is a scalar; columns need a leading batch dimension")
         lengths[name] = array.shape[0]
-    first_name, first_length = next(iter(lengths.items()))
-    for name, length in lengths.items():
-        if length != first_length:
-            raise ValueError(
-                f"ragged batch: column {name!r} has {length} items but {first_name!r} has {first_length}"
-            )
+    if len(set(lengths.values())) > 1:
+        listed = ", ".join(f"{name!r}: {length}" for name, length in sorted(lengths.items()))
+        raise ValueError(f"ragged batch: columns have different lengths ({listed})")
+    first_length = next(iter(lengths.values()))
     if first_length == 0:
         raise ValueError("batch is empty: columns have 0 items")
     return first_length

@@ -141,7 +141,8 @@ BAD_INSERTS = {
     ),
     "ragged columns": (
         _column("reward", np.zeros(4, np.float32)),
-        "ragged batch: column 'reward' has 4 items",
+        "ragged batch: columns have different lengths ('action': 3, 'discount': 3, 'next_observation': 3, "
+        "'observation': 3, 'reward': 4)",
     ),
     "extra column": (
         _column("bonus", np.zeros(3, np.float32)),

@@ -107,7 +107,7 @@ def test_a_batch_that_differs_from_the_signature_is_rejected_naming_the_column()
         (wrong_shape, "column 'observation' is float32\\[5\\]"),
         (missing, "lacks column\\(s\\) \\['action'\\]"),
         (extra, "column\\(s\\) \\['bonus'\\] not in the table signature"),
-        (ragged, "ragged batch: column 'action' has 3 items"),
+        (ragged, r"ragged batch: columns have different lengths \('action': 3, 'observation': 2\)"),
     ]:
         with pytest.raises(ValueError, match=message):
             table.insert(columns, np.ones(2), max_wait_s=0)
