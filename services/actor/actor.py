@@ -139,12 +139,12 @@ class Actor:
         network, first_environment = build_network(spec)
         extra = max(1, settings.environments_per_actor) - 1
         environments = [first_environment] + [make_spec_environment(spec) for _ in range(extra)]
-        seed = int(spec.seed) + 10_007 * registration.actor_id
-        torch.manual_seed(seed)
-        rollout = Rollout(environments, NStepBuilder(len(environments), spec.n_step, spec.discount), seed)
-        replay = ShardedReplayClient(list(registration.replay_addresses), seed=seed)
-        outbox = Outbox(replay, settings.insert_batch_size, self._metrics)
         session = _Session(self._learner, registration, network, self._metrics, self._client_name)
+        torch.manual_seed(session.seed)
+        builder = NStepBuilder(len(environments), spec.n_step, spec.discount)
+        rollout = Rollout(environments, builder, session.seed)
+        replay = ShardedReplayClient(list(registration.replay_addresses), seed=session.seed)
+        outbox = Outbox(replay, settings.insert_batch_size, self._metrics)
         logger.info(
             "actor running actor_id=%d epsilon=%.4g environments=%d",
             session.actor_id,
@@ -197,6 +197,7 @@ class _Session:
         self.network = network
         self.version = 0
         self.steps = 0
+        # Every actor explores differently: its seed derives from the run's and its first id.
         self.seed = int(registration.spec.seed) + 10_007 * registration.actor_id
         self._adopt(registration)
 

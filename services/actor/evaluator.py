@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import grpc
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -23,18 +25,22 @@ _EVALUATION_SEED_OFFSET = 1_000_000
 
 
 def play_greedy_episodes(
-    network: QNetwork, environment: object, episodes: int, seed: int, stop: threading.Event | None = None
+    network: QNetwork,
+    environment: gym.Env[Any, Any],
+    episodes: int,
+    seed: int,
+    stop: threading.Event | None = None,
 ) -> list[float]:
     """Undiscounted returns of ``episodes`` greedy episodes (fewer if ``stop`` is set meanwhile)."""
     returns = []
     for episode in range(episodes):
         if stop is not None and stop.is_set():
             break
-        observation, _ = environment.reset(seed=seed + episode)  # type: ignore[attr-defined]
+        observation, _ = environment.reset(seed=seed + episode)
         total, done = 0.0, False
         while not done:
             action = int(greedy_actions(network, observation[None])[0])
-            observation, reward, terminated, truncated, _ = environment.step(action)  # type: ignore[attr-defined]
+            observation, reward, terminated, truncated, _ = environment.step(action)
             total += float(reward)
             done = terminated or truncated
         returns.append(total)

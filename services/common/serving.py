@@ -72,9 +72,6 @@ class RunningServer:
         self.set_serving(False)
         self.server.stop(grace_s).wait()
 
-    def wait(self) -> None:
-        self.server.wait_for_termination()
-
 
 def start_server(
     register: Callable[[grpc.Server], None],

@@ -156,15 +156,14 @@ class ShardedReplayClient:
         shard.backoff_s = 0.0
         shard.failures = 0
 
-    def refresh(self) -> list[replay_pb2.GetInfoResponse | None]:
-        """Asks every shard that is not backing off for its info; returns it (None where unreachable)."""
+    def refresh(self) -> None:
+        """Asks every shard that is not backing off for its totals, size and capacity."""
         now = time.monotonic()
         futures = {
             index: shard.stub.GetInfo.future(replay_pb2.GetInfoRequest(), timeout=self._timeout_s)
             for index, shard in enumerate(self._shards)
             if now >= shard.down_until
         }
-        infos: list[replay_pb2.GetInfoResponse | None] = [None] * len(self._shards)
         for index, future in futures.items():
             try:
                 info = future.result()
@@ -176,9 +175,7 @@ class ShardedReplayClient:
             shard.min_size_to_sample, shard.capacity = info.min_size_to_sample, info.capacity
             shard.known = True
             self._mark_up(index)
-            infos[index] = info
         self._refreshed_at = time.monotonic()
-        return infos
 
     # Sampling ---------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from services.common.atomic_files import write_atomically
 from services.common.environments import discrete_action_count, make_environment, observation_shape
 from services.common.experiment import ExperimentConfig
 from services.common.http_endpoint import HttpEndpoint
-from services.common.serving import MIB, ServerSettings, start_server
+from services.common.serving import MIB, RunningServer, ServerSettings, start_server
 from services.learner.checkpoint import TrainingCounters, latest_checkpoint, save_checkpoint
 from services.learner.dqn import DqnLearner, resolve_device
 from services.learner.metrics import LearnerMetrics
@@ -132,7 +132,7 @@ class Learner:
         )
         return dqn, counters
 
-    def _start_server(self, addresses: list[str]):  # type: ignore[no-untyped-def]
+    def _start_server(self, addresses: list[str]) -> RunningServer:
         servicer = LearnerServicer(
             self.config,
             addresses,
@@ -221,6 +221,3 @@ class Learner:
             self.run_log.csv_path, self.settings.run_dir / "learning_curve.png", self.config.environment.id
         )
         logger.info("learner stopped")
-
-    def wait(self) -> None:
-        self._server.wait()

@@ -130,6 +130,3 @@ class ReplayShard:
         if self._http is not None:
             self._http.stop()
         logger.info("replay shard stopped port=%d", self.port)
-
-    def wait(self) -> None:
-        self._server.wait()
