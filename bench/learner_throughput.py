@@ -2,8 +2,8 @@
 
 Usage: ``.venv/bin/python bench/learner_throughput.py [--seconds 20] [--runs 3]``. Both sides
 run the CartPole preset's learner (network, batch size, optimizer) on the same
-stored transitions; the remote side samples through the prefetch thread and sends
-priorities back on the priority thread, exactly as ``apexrl learner`` does.
+stored transitions; the remote side samples and sends priorities back through the
+replay feed process, exactly as ``apexrl learner`` does.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from services.common.experiment import ExperimentConfig, load_experiment
 from services.common.local_process import LocalProcess
 from services.common.sharded_replay import ShardedReplayClient
 from services.learner.dqn import DqnLearner
-from services.learner.replay_feed import BatchPrefetcher, PrioritySender
+from services.learner.feed_process import ReplayFeed
 from services.replay.demo import cartpole_like_transitions
 from services.replay.rate_limiter import RateLimiterSettings
 from services.replay.table import PrioritizedTable
@@ -38,26 +38,31 @@ def learner(config: ExperimentConfig) -> DqnLearner:
 
 def remote_updates_per_s(config: ExperimentConfig, addresses: list[str], seconds: float) -> float:
     model = learner(config)
-    prefetcher = BatchPrefetcher(addresses, config.algorithm.batch_size, model.importance_exponent, 1, seed=0)
-    sender = PrioritySender(addresses)
-    prefetcher.start()
-    sender.start()
+    feed = ReplayFeed(
+        addresses,
+        config.algorithm.batch_size,
+        model.importance_exponent(),
+        1,
+        seed=0,
+        batches_per_request=config.algorithm.batches_per_sample_request,
+    ).start()
+
+    def step() -> None:
+        batch = feed.get(timeout_s=30.0)
+        assert batch is not None, "no batch from the shards"
+        result = model.update(batch.columns, batch.importance_weights)
+        feed.release(batch, result.priorities, model.importance_exponent())
+
     try:
         for _ in range(20):  # warm-up
-            sample = prefetcher.get(timeout_s=30.0)
-            assert sample is not None, "no batch from the shards"
-            model.update(sample.columns, sample.importance_weights)
+            step()
         updates, started = 0, time.perf_counter()
         while (elapsed := time.perf_counter() - started) < seconds:
-            sample = prefetcher.get(timeout_s=30.0)
-            assert sample is not None
-            result = model.update(sample.columns, sample.importance_weights)
-            sender.send(sample.shards, sample.keys, result.priorities)
+            step()
             updates += 1
         return updates / elapsed
     finally:
-        prefetcher.stop()
-        sender.stop()
+        feed.stop()
 
 
 def local_updates_per_s(config: ExperimentConfig, table: PrioritizedTable, seconds: float) -> float:

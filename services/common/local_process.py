@@ -16,7 +16,7 @@ _ADDRESS = re.compile(r"serving address=(\S+)")
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Runs in the child before exec: the kernel sends it SIGTERM if the launcher dies (no orphans)."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -43,7 +43,7 @@ class LocalProcess:
             stdout=self._log,
             text=True,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads touch state between fork and exec here
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - no threads touch state between fork and exec here
         )
         assert self.process.stderr is not None
         # Keep draining stderr, or the child blocks once the pipe buffer fills.

@@ -54,6 +54,34 @@ class ShardedSample:
     columns: dict[str, NDArray[np.generic]]
     total_size: int
 
+    def split(self, parts: int, rng: np.random.Generator) -> list[ShardedSample]:
+        """``parts`` batches of equal size from this one, each itself a valid prioritized batch.
+
+        The items are independent draws, so a random permutation cut into equal pieces
+        gives independent batches; each piece's importance weights are renormalized by
+        its own maximum, as one batch's are. The batch size must divide evenly.
+        """
+        size = self.keys.shape[0]
+        if parts < 1 or size % parts:
+            raise ValueError(f"cannot split a batch of {size} into {parts} equal parts")
+        if parts == 1:
+            return [self]
+        pieces = rng.permutation(size).reshape(parts, size // parts)
+        batches = []
+        for piece in pieces:
+            weights = self.importance_weights[piece]
+            batches.append(
+                ShardedSample(
+                    shards=self.shards[piece],
+                    keys=self.keys[piece],
+                    probabilities=self.probabilities[piece],
+                    importance_weights=weights / weights.max(),
+                    columns={name: column[piece] for name, column in self.columns.items()},
+                    total_size=self.total_size,
+                )
+            )
+        return batches
+
 
 @dataclass(frozen=True)
 class PendingInsert:

@@ -21,11 +21,11 @@ from services.common.http_endpoint import HttpEndpoint
 from services.common.serving import MIB, RunningServer, ServerSettings, start_server
 from services.learner.checkpoint import TrainingCounters, latest_checkpoint, save_checkpoint
 from services.learner.dqn import DqnLearner, resolve_device
+from services.learner.feed_process import ReplayFeed
 from services.learner.metrics import LearnerMetrics
 from services.learner.parameter_store import ParameterStore
 from services.learner.progress import Progress
 from services.learner.registry import ActorRegistry
-from services.learner.replay_feed import BatchPrefetcher, PrioritySender
 from services.learner.run_log import RunLog, plot_learning_curve
 from services.learner.servicer import LearnerServicer
 from services.learner.training import Trainer
@@ -78,19 +78,18 @@ class Learner:
         self.metrics = LearnerMetrics()
         self.run_log = RunLog(settings.run_dir)
         addresses = list(settings.replay_addresses)
-        self.prefetcher = BatchPrefetcher(
+        self.feed = ReplayFeed(
             addresses,
             config.algorithm.batch_size,
-            self.dqn.importance_exponent,
+            self.dqn.importance_exponent(),
             config.algorithm.min_replay_size,
             seed=config.general.seed,
+            batches_per_request=config.algorithm.batches_per_sample_request,
         ).start()
-        self.sender = PrioritySender(addresses).start()
         self.trainer = Trainer(
             config,
             self.dqn,
-            self.prefetcher,
-            self.sender,
+            self.feed,
             self.store,
             self.registry,
             self.progress,
@@ -212,8 +211,7 @@ class Learner:
         self.save_checkpoint()
         self.store.close()
         self._server.stop(self.settings.grace_s)
-        self.prefetcher.stop()
-        self.sender.stop()
+        self.feed.stop()
         if self._http is not None:
             self._http.stop()
         self.run_log.close()

@@ -25,7 +25,9 @@ class BatchPrefetcher:
     """Keeps a few sampled batches ready so the optimizer never waits on the network.
 
     Sampling starts once the shards together hold ``min_replay_size`` items (the
-    learning-starts threshold). The client is owned by this thread alone.
+    learning-starts threshold). The client is owned by this thread alone. Each request
+    draws ``batches_per_request`` batches at once and splits them: a sample costs about
+    as much per request as per item, so this cuts the learner's share of RPC work.
     """
 
     def __init__(
@@ -35,13 +37,18 @@ class BatchPrefetcher:
         importance_exponent: Callable[[], float],
         min_replay_size: int,
         seed: int,
-        depth: int = 4,
+        batches_per_request: int = 1,
+        depth: int = 8,
     ) -> None:
+        if batches_per_request < 1:
+            raise ValueError(f"batches_per_request must be >= 1, got {batches_per_request}")
         self._client = ShardedReplayClient(addresses, seed=seed)
+        self._rng = np.random.default_rng(seed)
         self._batch_size = batch_size
+        self._batches_per_request = batches_per_request
         self._importance_exponent = importance_exponent
         self._min_replay_size = min_replay_size
-        self._batches: queue.Queue[ShardedSample] = queue.Queue(maxsize=depth)
+        self._batches: queue.Queue[ShardedSample] = queue.Queue(maxsize=max(depth, batches_per_request))
         self._stop = threading.Event()
         self.replay_size = 0
         self.replay_capacity = 0
@@ -75,13 +82,18 @@ class BatchPrefetcher:
                 self._stop.wait(0.1)
                 return
         started = time.perf_counter()
-        sample = self._client.sample(self._batch_size, self._importance_exponent(), max_wait_s=_SAMPLE_WAIT_S)
+        sample = self._client.sample(
+            self._batch_size * self._batches_per_request,
+            self._importance_exponent(),
+            max_wait_s=_SAMPLE_WAIT_S,
+        )
         self.sample_seconds = time.perf_counter() - started
         self.replay_size = sample.total_size
-        while not self._stop.is_set():
+        pending = sample.split(self._batches_per_request, self._rng)
+        while pending and not self._stop.is_set():
             try:
-                self._batches.put(sample, timeout=0.2)
-                return
+                self._batches.put(pending[0], timeout=0.2)
+                pending.pop(0)
             except queue.Full:
                 continue
 
@@ -98,7 +110,11 @@ class BatchPrefetcher:
 
 
 class PrioritySender:
-    """Sends new priorities back to the shards without blocking the next update."""
+    """Sends new priorities back to the shards without blocking the next update.
+
+    Updates that queue up while one is on the wire go out together, one request per
+    shard; for a key updated twice the later priority wins, as it would one by one.
+    """
 
     def __init__(self, addresses: Sequence[str], depth: int = 16) -> None:
         self._client = ShardedReplayClient(addresses)
@@ -122,9 +138,24 @@ class PrioritySender:
             self.dropped += 1
 
     def _run(self) -> None:
-        while (update := self._updates.get()) is not None:
+        stopping = False
+        while not stopping:
+            update = self._updates.get()
+            if update is None:
+                return
+            updates = [update]
+            while True:
+                try:
+                    update = self._updates.get_nowait()
+                except queue.Empty:
+                    break
+                if update is None:
+                    stopping = True
+                    break
+                updates.append(update)
+            shards, keys, priorities = (np.concatenate(parts) for parts in zip(*updates, strict=True))
             try:
-                self._client.update_priorities(*update)
+                self._client.update_priorities(shards, keys, priorities)
             except grpc.RpcError as error:
                 logger.warning("priority update failed code=%s", error.code().name)
 

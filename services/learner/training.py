@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 from services.common.experiment import ExperimentConfig
 from services.learner.dqn import DqnLearner
+from services.learner.feed_process import ReplayFeed
 from services.learner.metrics import LearnerMetrics
 from services.learner.parameter_store import ParameterStore
 from services.learner.progress import Progress, RateMeter
 from services.learner.registry import ActorRegistry
-from services.learner.replay_feed import BatchPrefetcher, PrioritySender
 from services.learner.run_log import RunLog
 
 logger = logging.getLogger(__name__)
@@ -41,8 +41,7 @@ class Trainer:
         self,
         config: ExperimentConfig,
         learner: DqnLearner,
-        prefetcher: BatchPrefetcher,
-        sender: PrioritySender,
+        feed: ReplayFeed,
         store: ParameterStore,
         registry: ActorRegistry,
         progress: Progress,
@@ -52,8 +51,7 @@ class Trainer:
     ) -> None:
         self._config = config
         self._learner = learner
-        self._prefetcher = prefetcher
-        self._sender = sender
+        self._feed = feed
         self._store = store
         self._registry = registry
         self._progress = progress
@@ -97,13 +95,13 @@ class Trainer:
 
     def _train_once(self) -> None:
         waited = time.perf_counter()
-        sample = self._prefetcher.get(timeout_s=0.2)
-        if sample is None:
+        batch = self._feed.get(timeout_s=0.2)
+        if batch is None:
             return
         self._metrics.batch_wait_seconds.observe(time.perf_counter() - waited)
-        self._metrics.sample_seconds.observe(self._prefetcher.sample_seconds)
-        result = self._learner.update(sample.columns, sample.importance_weights)
-        self._sender.send(sample.shards, sample.keys, result.priorities)
+        self._metrics.sample_seconds.observe(self._feed.sample_seconds)
+        result = self._learner.update(batch.columns, batch.importance_weights)
+        self._feed.release(batch, result.priorities, self._learner.importance_exponent())
         self.snapshot.loss = result.loss
         self._metrics.updates.inc()
         if self._learner.updates % self._config.algorithm.parameter_publish_interval == 0:
@@ -116,9 +114,9 @@ class Trainer:
         snapshot.environment_steps = self._registry.environment_steps()
         snapshot.updates_per_second = self._update_rate.rate(snapshot.updates)
         snapshot.environment_steps_per_second = self._step_rate.rate(snapshot.environment_steps)
-        snapshot.replay_size = self._prefetcher.replay_size
-        snapshot.replay_capacity = self._prefetcher.replay_capacity
-        snapshot.shards_up = self._prefetcher.shards_up
+        snapshot.replay_size = self._feed.replay_size
+        snapshot.replay_capacity = self._feed.replay_capacity
+        snapshot.shards_up = self._feed.shards_up
         self._progress.check_budget(snapshot.environment_steps, snapshot.updates)
         actors = self._registry.active()
         version = self._store.version
@@ -135,7 +133,7 @@ class Trainer:
             actor.parameter_version for actor in actors if actor.role == "actor" and actor.parameter_version
         ]
         metrics.parameter_lag.set(version - min(held) if held else 0)
-        metrics.priority_updates_dropped.set(self._sender.dropped)
+        metrics.priority_updates_dropped.set(self._feed.dropped)
         latest = self._progress.latest
         self._run_log.append(
             {
