@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from apexrl.learner.v1 import learner_pb2
-from services.actor.actor import build_network
+from services.actor.actor import build_network, make_spec_environment
 from services.actor.learner_client import LearnerClient, NotRegisteredError
 from services.actor.metrics import ActorMetrics
 from services.actor.policy import greedy_actions
@@ -26,24 +27,30 @@ _EVALUATION_SEED_OFFSET = 1_000_000
 
 def play_greedy_episodes(
     network: QNetwork,
-    environment: gym.Env[Any, Any],
-    episodes: int,
+    environments: Sequence[gym.Env[Any, Any]],
     seed: int,
     stop: threading.Event | None = None,
 ) -> list[float]:
-    """Undiscounted returns of ``episodes`` greedy episodes (fewer if ``stop`` is set meanwhile)."""
-    returns = []
-    for episode in range(episodes):
+    """Undiscounted returns of one greedy episode per environment (environment i seeded ``seed + i``).
+
+    The episodes run in lockstep, so each step is one forward pass over the episodes
+    still running. Returns an empty list if ``stop`` is set meanwhile: a partial
+    evaluation is never reported.
+    """
+    observations = [environment.reset(seed=seed + i)[0] for i, environment in enumerate(environments)]
+    returns = [0.0] * len(environments)
+    running = list(range(len(environments)))
+    while running:
         if stop is not None and stop.is_set():
-            break
-        observation, _ = environment.reset(seed=seed + episode)
-        total, done = 0.0, False
-        while not done:
-            action = int(greedy_actions(network, observation[None])[0])
-            observation, reward, terminated, truncated, _ = environment.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
+            return []
+        actions = greedy_actions(network, np.stack([observations[i] for i in running]))
+        still_running = []
+        for i, action in zip(running, actions.tolist(), strict=True):
+            observations[i], reward, terminated, truncated, _ = environments[i].step(action)
+            returns[i] += float(reward)
+            if not (terminated or truncated):
+                still_running.append(i)
+        running = still_running
     return returns
 
 
@@ -62,6 +69,9 @@ class Evaluator:
             return
         network, environment = build_network(registration.spec)
         settings = registration.evaluation_settings
+        environments = [environment] + [
+            make_spec_environment(registration.spec) for _ in range(settings.episodes - 1)
+        ]
         seed = int(registration.spec.seed) + _EVALUATION_SEED_OFFSET
         actor_id, version = registration.actor_id, 0
         logger.info("evaluator running actor_id=%d episodes=%d", actor_id, settings.episodes)
@@ -83,11 +93,12 @@ class Evaluator:
                 continue
             network.load_state_dict(parameters.state_dict)
             version = parameters.version
-            returns = play_greedy_episodes(network, environment, settings.episodes, seed, stop)
+            returns = play_greedy_episodes(network, environments, seed, stop)
             if len(returns) == settings.episodes:
                 self._report(version, returns)
             stop.wait(settings.interval_s)
-        environment.close()
+        for environment in environments:
+            environment.close()
 
     def _report(self, version: int, returns: list[float]) -> None:
         mean = float(np.mean(returns))

@@ -44,7 +44,8 @@ class LearnerClient:
         while not stop.is_set():
             try:
                 request = learner_pb2.RegisterActorRequest(role=role, client_name=client_name)
-                return self._stub.RegisterActor(request, timeout=self._timeout_s)
+                # Waits for the learner to come up (within the deadline) instead of failing at once.
+                return self._stub.RegisterActor(request, timeout=self._timeout_s, wait_for_ready=True)
             except grpc.RpcError as error:
                 logger.warning(
                     "registration failed learner=%s code=%s retry_in_s=%.1f",

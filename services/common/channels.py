@@ -85,7 +85,7 @@ def create_channel(
         ("grpc.retry_buffer_size", 4 * max_message_bytes),
         # Reconnect quickly after a peer restarts.
         ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 2000),
+        ("grpc.max_reconnect_backoff_ms", 1000),
     ]
     channel = grpc.insecure_channel(target, options=options)
     return grpc.intercept_channel(channel, _DefaultDeadline(default_timeout_s))

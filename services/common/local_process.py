@@ -34,6 +34,7 @@ class LocalProcess:
     def __init__(self, args: Sequence[str], log_path: Path) -> None:
         self.args = list(args)
         self.address = ""
+        self._terminated = False
         self._serving = threading.Event()
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
@@ -71,7 +72,9 @@ class LocalProcess:
         return self.process.poll()
 
     def terminate(self) -> None:
-        if self.process.poll() is None:
+        """Sends SIGTERM once: a second one could land after the child's handler is gone, mid-exit."""
+        if not self._terminated and self.process.poll() is None:
+            self._terminated = True
             self.process.send_signal(signal.SIGTERM)
 
     def stop(self, timeout_s: float = 30.0) -> int:

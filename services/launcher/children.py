@@ -37,6 +37,9 @@ class Child:
 
     @property
     def address(self) -> str:
+        """Where a serving child listens: known before it starts when its port was chosen for it."""
+        if self.port:
+            return f"127.0.0.1:{self.port}"
         return self.process.address if self.process is not None else ""
 
     def launch(self) -> Child:

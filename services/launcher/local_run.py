@@ -19,6 +19,7 @@ from apexrl.learner.v1 import learner_pb2
 from services.actor.learner_client import LearnerClient
 from services.common.experiment import ExperimentConfig
 from services.launcher.children import Child
+from services.launcher.ports import pick_free_ports
 from services.launcher.progress_view import ProgressView, status_row
 from services.learner.run_log import plot_learning_curve
 
@@ -108,12 +109,14 @@ class LocalRun:
         return [*self.shards, self.learner, self.evaluator, *self.actors]
 
     def start(self) -> None:
-        """Shards in parallel, then the learner (it needs their addresses), then everyone else."""
-        for stage in (self.shards, [self.learner], [self.evaluator, *self.actors]):
-            for child in stage:
-                child.launch()
-            for child in stage:
-                child.ready()
+        """Every role at once, on ports chosen first: clients retry until the services they need serve."""
+        serving = [*self.shards, self.learner]
+        for child, port in zip(serving, pick_free_ports(len(serving)), strict=True):
+            child.port = port
+        for child in self._children():
+            child.launch()
+        for child in self._children():
+            child.ready()
 
     def supervise(self, stop: threading.Event, view: ProgressView, poll_s: float = 0.5) -> RunOutcome:
         """Runs until the learner reports the run finished, ``stop`` is set, or a part fails for good."""
@@ -136,9 +139,9 @@ class LocalRun:
             client.close()
 
     def shutdown(self) -> dict[str, int | None]:
-        """Stops actors and evaluator first (they flush), then the learner (checkpoint), then the shards."""
+        """Stops actors (they flush to the shards), evaluator and learner (checkpoint), then the shards."""
         codes: dict[str, int | None] = {}
-        for group in ([*self.actors, self.evaluator], [self.learner], self.shards):
+        for group in ([*self.actors, self.evaluator, self.learner], self.shards):
             for child in group:
                 child.terminate()
             for child in group:

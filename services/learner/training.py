@@ -69,8 +69,11 @@ class Trainer:
         return self
 
     def stop(self) -> None:
+        """Stops training and logs a last metrics row, so the run's final state (say, solved) is in it."""
         self._stop.set()
         self._thread.join(timeout=60)
+        if not self._thread.is_alive():
+            self._refresh_snapshot()
 
     @property
     def finished(self) -> bool:
