@@ -18,6 +18,10 @@ logger = logging.getLogger(__name__)
 _ENV = "APEXRL_LEARNER_"
 
 
+def _address_list(addresses: str) -> tuple[str, ...]:
+    return tuple(address.strip() for address in addresses.split(",") if address.strip())
+
+
 def learner_command(
     config: Annotated[
         str | None, typer.Argument(envvar=_ENV + "CONFIG", help="Experiment YAML file or preset name.")
@@ -27,6 +31,13 @@ def learner_command(
     ] = None,
     replay: Annotated[
         str, typer.Option(envvar=_ENV + "REPLAY", help="Comma-separated host:port of every replay shard.")
+    ] = "",
+    advertise_replay: Annotated[
+        str,
+        typer.Option(
+            envvar=_ENV + "ADVERTISE_REPLAY",
+            help="The shards as actors reach them, same order as --replay (default: --replay).",
+        ),
     ] = "",
     run_dir: Annotated[
         Path, typer.Option(envvar=_ENV + "RUN_DIR", help="Checkpoints, metrics, best model.")
@@ -44,12 +55,20 @@ def learner_command(
     stop = install_stop_handlers()
     from services.learner.learner import Learner, LearnerSettings  # torch: imported only by this role
 
-    addresses = tuple(address.strip() for address in replay.split(",") if address.strip())
+    addresses = _address_list(replay)
     try:
         experiment = load_experiment(config, overrides or [])
         if not addresses:
             raise ConfigError("--replay (or APEXRL_LEARNER_REPLAY) must name at least one shard host:port")
-        learner = Learner(experiment, LearnerSettings(addresses, run_dir, host, port, metrics_port))
+        settings = LearnerSettings(
+            addresses,
+            run_dir,
+            host,
+            port,
+            metrics_port,
+            advertised_replay_addresses=_address_list(advertise_replay),
+        )
+        learner = Learner(experiment, settings)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         typer.echo(f"apexrl learner: {error}", err=True)
         raise typer.Exit(2) from None

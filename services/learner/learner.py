@@ -47,6 +47,10 @@ class LearnerSettings:
     metrics_port: int | None = None
     max_message_mib: int = 64
     grace_s: float = 5.0
+    # The shard addresses RegisterActor hands out, where actors reach the shards under
+    # other names than the learner does (actors on other machines, published container
+    # ports); empty: replay_addresses. Same shards, same order.
+    advertised_replay_addresses: tuple[str, ...] = ()
 
 
 def config_yaml(config: ExperimentConfig) -> str:
@@ -59,6 +63,13 @@ class Learner:
     def __init__(self, config: ExperimentConfig, settings: LearnerSettings) -> None:
         if not settings.replay_addresses:
             raise ValueError("the learner needs at least one replay shard address")
+        advertised = settings.advertised_replay_addresses
+        if advertised and len(advertised) != len(settings.replay_addresses):
+            raise ValueError(
+                f"{len(advertised)} advertised replay addresses for {len(settings.replay_addresses)} "
+                f"shards: name the same shards in the same order ({list(advertised)} for "
+                f"{list(settings.replay_addresses)})"
+            )
         self.config = config
         self.settings = settings
         settings.run_dir.mkdir(parents=True, exist_ok=True)
@@ -134,7 +145,7 @@ class Learner:
     def _start_server(self, addresses: list[str]) -> RunningServer:
         servicer = LearnerServicer(
             self.config,
-            addresses,
+            list(self.settings.advertised_replay_addresses) or addresses,
             self.store,
             self.registry,
             self.progress,
