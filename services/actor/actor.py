@@ -14,7 +14,7 @@ from google.protobuf import json_format
 from numpy.typing import NDArray
 
 from apexrl.learner.v1 import learner_pb2
-from services.actor.learner_client import LearnerClient, NotRegisteredError
+from services.actor.learner_client import LearnerClient, NotRegisteredError, PendingParameters
 from services.actor.metrics import ActorMetrics
 from services.actor.n_step import Columns, NStepBuilder
 from services.actor.policy import epsilon_greedy, initial_priorities
@@ -163,12 +163,16 @@ class Actor:
     def _loop(
         self, stop: threading.Event, session: _Session, rollout: Rollout, outbox: Outbox, refresh_steps: int
     ) -> None:
-        next_refresh = 0
+        # The first pull completes before acting; later ones run while the actor steps.
+        session.start_refresh(rollout)
+        session.finish_refresh(stop, wait=True)
+        next_refresh = refresh_steps
         rng = np.random.default_rng(session.seed)
         while not stop.is_set():
             if session.steps >= next_refresh:
                 next_refresh = session.steps + refresh_steps
-                session.refresh(rollout, stop)
+                session.start_refresh(rollout)
+            session.finish_refresh(stop)
 
             def act(observations: NDArray[Any]) -> NDArray[Any]:
                 return epsilon_greedy(session.network, observations, session.epsilon, rng)
@@ -199,6 +203,7 @@ class _Session:
         self.steps = 0
         # Every actor explores differently: its seed derives from the run's and its first id.
         self.seed = int(registration.spec.seed) + 10_007 * registration.actor_id
+        self._pull: PendingParameters | None = None
         self._adopt(registration)
 
     def _adopt(self, registration: learner_pb2.RegisterActorResponse) -> None:
@@ -207,15 +212,24 @@ class _Session:
         self._steps_at_registration = self.steps
         self._metrics.epsilon.set(self.epsilon)
 
-    def refresh(self, rollout: Rollout, stop: threading.Event) -> None:
-        """Pulls newer parameters (a heartbeat too); re-registers if the learner forgot this actor."""
+    def start_refresh(self, rollout: Rollout) -> None:
+        """Starts pulling newer parameters (a heartbeat too) unless a pull is under way."""
+        if self._pull is not None:
+            return
         progress = learner_pb2.ActorProgress(
             environment_steps=self.steps - self._steps_at_registration,
             episodes=rollout.stats.episodes,
             last_episode_return=rollout.stats.last_return,
         )
+        self._pull = self._learner.start_get_parameters(self.version, self.actor_id, progress)
+
+    def finish_refresh(self, stop: threading.Event, wait: bool = False) -> None:
+        """Adopts the pull's parameters once it is done (or waits for it); re-registers if forgotten."""
+        if self._pull is None or not (wait or self._pull.done()):
+            return
+        pull, self._pull = self._pull, None
         try:
-            parameters = self._learner.get_parameters(self.version, self.actor_id, progress)
+            parameters = self._learner.finish_get_parameters(pull)
         except NotRegisteredError:
             registration = self._learner.register(learner_pb2.CLIENT_ROLE_ACTOR, self._client_name, stop)
             if registration is not None:
