@@ -73,7 +73,7 @@ class AlgorithmConfig(StrictModel):
     adam_epsilon: float = Field(1.5e-4, gt=0)
     batch_size: int = Field(128, ge=1, le=16_384)
     batches_per_sample_request: int = Field(
-        4, ge=1, le=64, description="Batches the learner draws per replay request (fewer, larger RPCs)."
+        8, ge=1, le=64, description="Batches the learner draws per replay request (fewer, larger RPCs)."
     )
     target_update_interval: int = Field(250, ge=1, description="Updates between target network copies.")
     gradient_clip_norm: float = Field(10.0, gt=0)

@@ -139,6 +139,8 @@ class ReplayFeed:
     One thread calls :meth:`get` and :meth:`release`; the statistics may be read from
     any thread. A feed process that dies is started again (its batches in flight are
     lost, nothing else); one that keeps dying raises RuntimeError from :meth:`get`.
+    The feed holds ``max(slots, 2 * batches_per_request)`` batches: one request's worth
+    being trained on while the next is drawn.
     """
 
     def __init__(
@@ -149,7 +151,7 @@ class ReplayFeed:
         min_replay_size: int,
         seed: int,
         batches_per_request: int = 1,
-        slots: int = 8,
+        slots: int = 4,
     ) -> None:
         self._arguments = [
             "--replay",
@@ -163,7 +165,7 @@ class ReplayFeed:
             "--batches-per-request",
             str(batches_per_request),
             "--slots",
-            str(max(slots, batches_per_request + 1)),
+            str(max(slots, 2 * batches_per_request)),
         ]
         self._importance_exponent = importance_exponent
         self._stats_fd = _shared_file("apexrl-feed-stats")
@@ -346,7 +348,10 @@ class _Worker:
             seed=arguments.seed,
             batches_per_request=arguments.batches_per_request,
         )
-        self._sender = PrioritySender(addresses)
+        # Priorities go back about as often as batches are drawn: one request per shard for each.
+        self._sender = PrioritySender(
+            addresses, min_items=arguments.batch_size * arguments.batches_per_request
+        )
         self._slot_count = arguments.slots
         self._slots_fd = arguments.slots_fd
         self._stats_map = mmap.mmap(arguments.stats_fd, _STATS_BYTES)

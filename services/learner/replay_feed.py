@@ -112,12 +112,18 @@ class BatchPrefetcher:
 class PrioritySender:
     """Sends new priorities back to the shards without blocking the next update.
 
-    Updates that queue up while one is on the wire go out together, one request per
-    shard; for a key updated twice the later priority wins, as it would one by one.
+    A request costs the shards far more than the items in it, so updates are
+    gathered until ``min_items`` keys are waiting or the oldest has waited
+    ``max_delay_s``, then go out together, one request per shard. For a key updated
+    twice the later priority wins, as it would one by one.
     """
 
-    def __init__(self, addresses: Sequence[str], depth: int = 16) -> None:
+    def __init__(
+        self, addresses: Sequence[str], min_items: int = 1, max_delay_s: float = 0.05, depth: int = 64
+    ) -> None:
         self._client = ShardedReplayClient(addresses)
+        self._min_items = min_items
+        self._max_delay_s = max_delay_s
         self._updates: queue.Queue[
             tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]] | None
         ] = queue.Queue(maxsize=depth)
@@ -143,16 +149,18 @@ class PrioritySender:
             update = self._updates.get()
             if update is None:
                 return
-            updates = [update]
-            while True:
+            updates, items = [update], len(update[1])
+            deadline = time.monotonic() + self._max_delay_s
+            while items < self._min_items and (remaining := deadline - time.monotonic()) > 0:
                 try:
-                    update = self._updates.get_nowait()
+                    update = self._updates.get(timeout=remaining)
                 except queue.Empty:
                     break
                 if update is None:
                     stopping = True
                     break
                 updates.append(update)
+                items += len(update[1])
             shards, keys, priorities = (np.concatenate(parts) for parts in zip(*updates, strict=True))
             try:
                 self._client.update_priorities(shards, keys, priorities)
