@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ctypes
+import functools
+import os
 import re
 import signal
 import subprocess
@@ -17,9 +19,16 @@ _PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent() -> None:
-    """Runs in the child before exec: the kernel sends it SIGTERM if the launcher dies (no orphans)."""
+    """Asks the kernel to send this process SIGTERM when its parent dies (no orphans); Linux only."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _prepare_child(niceness: int) -> None:
+    """Runs in the child between fork and exec."""
+    die_with_parent()
+    if niceness:
+        os.nice(niceness)
 
 
 class LocalProcess:
@@ -31,7 +40,7 @@ class LocalProcess:
     which then stops the children in order.
     """
 
-    def __init__(self, args: Sequence[str], log_path: Path) -> None:
+    def __init__(self, args: Sequence[str], log_path: Path, niceness: int = 0) -> None:
         self.args = list(args)
         self.address = ""
         self._terminated = False
@@ -44,7 +53,7 @@ class LocalProcess:
             stdout=self._log,
             text=True,
             start_new_session=True,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 - no threads touch state between fork and exec here
+            preexec_fn=functools.partial(_prepare_child, niceness),  # noqa: PLW1509 - no threads touch state between fork and exec here
         )
         assert self.process.stderr is not None
         # Keep draining stderr, or the child blocks once the pipe buffer fills.

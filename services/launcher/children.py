@@ -25,12 +25,14 @@ class Child:
         log_path: Path,
         serves: bool,
         max_restarts: int = 3,
+        niceness: int = 0,
     ) -> None:
         self.name = name
         self._args = args
         self.log_path = log_path
         self._serves = serves
         self._max_restarts = max_restarts
+        self._niceness = niceness
         self.restarts = 0
         self.port = 0
         self.process: LocalProcess | None = None
@@ -44,7 +46,7 @@ class Child:
 
     def launch(self) -> Child:
         """Starts the process without waiting for it to serve."""
-        self.process = LocalProcess(self._args(self.port), self.log_path)
+        self.process = LocalProcess(self._args(self.port), self.log_path, self._niceness)
         return self
 
     def ready(self) -> Child:

@@ -45,6 +45,16 @@ def _summary(console: Console, outcome: RunOutcome, solved_return: float | None)
     console.print("            best_model.safetensors, learning_curve.png, logs/)")
 
 
+def _ensure_learning_curve(run_dir: Path, title: str) -> None:
+    """The learner draws the curve when it stops; if it could not, the launcher draws it."""
+    from services.learner.learning_curve import plot_learning_curve  # matplotlib: only when needed
+
+    curve = run_dir / "learning_curve.png"
+    metrics = run_dir / "metrics.csv"
+    if not curve.exists() and metrics.exists():
+        plot_learning_curve(metrics, curve, title)
+
+
 def run_command(
     config: Annotated[
         str | None, typer.Argument(help="Experiment YAML file or preset (cartpole, acrobot).")
@@ -76,6 +86,8 @@ def run_command(
     except RunFailedError as error:
         console.print(f"[bold red]apexrl run failed[/]: {error}")
         raise typer.Exit(1) from None
+    finally:
+        _ensure_learning_curve(folder, experiment.environment.id)
     _summary(console, outcome, experiment.general.solved_return)
     if outcome.interrupted:
         raise typer.Exit(130)

@@ -15,15 +15,16 @@ from pathlib import Path
 import grpc
 import yaml
 
-from apexrl.learner.v1 import learner_pb2
-from services.actor.learner_client import LearnerClient
+from apexrl.learner.v1 import learner_pb2, learner_pb2_grpc
+from services.common.channels import create_channel
 from services.common.experiment import ExperimentConfig
 from services.launcher.children import Child
 from services.launcher.ports import pick_free_ports
 from services.launcher.progress_view import ProgressView, status_row
-from services.learner.run_log import plot_learning_curve
 
 logger = logging.getLogger(__name__)
+
+ACTOR_NICENESS = 10
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,16 @@ class LocalRun:
         ]
         self.learner = Child("learner", self._learner_args, logs / "learner.log", True)
         self.evaluator = Child("evaluator", self._client_args("evaluator"), logs / "evaluator.log", False)
+        # Actors take whatever CPU the learner leaves: on a few shared cores the learner's
+        # updates, not environment steps, bound how fast a run learns.
         self.actors = [
-            Child(f"actor-{i}", self._client_args("actor"), logs / f"actor-{i}.log", False)
+            Child(
+                f"actor-{i}",
+                self._client_args("actor"),
+                logs / f"actor-{i}.log",
+                False,
+                niceness=ACTOR_NICENESS,
+            )
             for i in range(actors)
         ]
 
@@ -118,16 +127,17 @@ class LocalRun:
         for child in self._children():
             child.ready()
 
-    def supervise(self, stop: threading.Event, view: ProgressView, poll_s: float = 0.5) -> RunOutcome:
+    def supervise(self, stop: threading.Event, view: ProgressView, poll_s: float = 0.25) -> RunOutcome:
         """Runs until the learner reports the run finished, ``stop`` is set, or a part fails for good."""
-        client = LearnerClient(self.learner.address, timeout_s=5.0)
+        channel = create_channel(self.learner.address, default_timeout_s=5.0)
+        learner = learner_pb2_grpc.LearnerServiceStub(channel)
         status: learner_pb2.GetStatusResponse | None = None
         try:
             while not stop.wait(poll_s):
                 for child in self._children():
                     child.check()
                 try:
-                    status = client.status()
+                    status = learner.GetStatus(learner_pb2.GetStatusRequest(), timeout=5.0)
                 except grpc.RpcError as error:
                     logger.warning("learner status unavailable code=%s", error.code().name)
                     continue
@@ -136,7 +146,7 @@ class LocalRun:
                     return RunOutcome(self.run_dir, "finished", status, interrupted=False)
             return RunOutcome(self.run_dir, "interrupted", status, interrupted=True)
         finally:
-            client.close()
+            channel.close()
 
     def shutdown(self) -> dict[str, int | None]:
         """Stops actors (they flush to the shards), evaluator and learner (checkpoint), then the shards."""
@@ -146,9 +156,6 @@ class LocalRun:
                 child.terminate()
             for child in group:
                 codes[child.name] = child.stop()
-        curve = self.run_dir / "learning_curve.png"
-        if not curve.exists():
-            plot_learning_curve(self.run_dir / "metrics.csv", curve, self.config.environment.id)
         return codes
 
 

@@ -22,11 +22,12 @@ from services.common.serving import MIB, RunningServer, ServerSettings, start_se
 from services.learner.checkpoint import TrainingCounters, latest_checkpoint, save_checkpoint
 from services.learner.dqn import DqnLearner, resolve_device
 from services.learner.feed_process import ReplayFeed
+from services.learner.learning_curve import plot_learning_curve
 from services.learner.metrics import LearnerMetrics
 from services.learner.parameter_store import ParameterStore
 from services.learner.progress import Progress
 from services.learner.registry import ActorRegistry
-from services.learner.run_log import RunLog, plot_learning_curve
+from services.learner.run_log import RunLog
 from services.learner.servicer import LearnerServicer
 from services.learner.training import Trainer
 

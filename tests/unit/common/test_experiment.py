@@ -54,7 +54,10 @@ def test_a_config_file_is_read(tmp_path: Path) -> None:
 
 
 def test_the_wire_spec_carries_what_actors_need() -> None:
-    config = load_experiment("cartpole", ["environment.options={max_episode_steps: 300}"])
+    config = load_experiment(
+        "cartpole",
+        ["environment.options={max_episode_steps: 300}", "algorithm.network.hidden_sizes=[32, 16]"],
+    )
     spec = experiment_spec(config)
     assert spec.algorithm == learner_pb2.ALGORITHM_APEX_DQN
     assert spec.environment_id == "CartPole-v1"
@@ -62,4 +65,4 @@ def test_the_wire_spec_carries_what_actors_need() -> None:
     assert spec.n_step == 3
     assert spec.discount == pytest.approx(0.99)
     assert spec.network.kind == learner_pb2.NETWORK_KIND_MLP
-    assert list(spec.network.hidden_sizes) == [256, 256]
+    assert list(spec.network.hidden_sizes) == [32, 16]
