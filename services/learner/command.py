@@ -75,3 +75,6 @@ def learner_command(
     logger.info("learner serving address=%s metrics_port=%s", learner.address, learner.metrics_port)
     wait_until_stopped(stop)
     learner.stop()
+    from services.learner.learning_curve import plot_learning_curve  # matplotlib: only now
+
+    plot_learning_curve(learner.run_log.csv_path, run_dir / "learning_curve.png", experiment.environment.id)

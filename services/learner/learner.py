@@ -22,7 +22,6 @@ from services.common.serving import MIB, RunningServer, ServerSettings, start_se
 from services.learner.checkpoint import TrainingCounters, latest_checkpoint, save_checkpoint
 from services.learner.dqn import DqnLearner, resolve_device
 from services.learner.feed_process import ReplayFeed
-from services.learner.learning_curve import plot_learning_curve
 from services.learner.metrics import LearnerMetrics
 from services.learner.parameter_store import ParameterStore
 from services.learner.progress import Progress
@@ -218,7 +217,7 @@ class Learner:
         logger.info("best model saved path=%s version=%d", path, version)
 
     def stop(self) -> None:
-        """Stops training, checkpoints, drains the server and writes the learning curve."""
+        """Stops training, checkpoints and drains the server."""
         self.trainer.stop()
         self.save_checkpoint()
         self.store.close()
@@ -227,7 +226,4 @@ class Learner:
         if self._http is not None:
             self._http.stop()
         self.run_log.close()
-        plot_learning_curve(
-            self.run_log.csv_path, self.settings.run_dir / "learning_curve.png", self.config.environment.id
-        )
         logger.info("learner stopped")
