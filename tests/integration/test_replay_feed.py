@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
 
 from services.common.sharded_replay import ShardedReplayClient
 from services.learner.feed_process import FeedBatch, ReplayFeed
+from services.learner.replay_feed import PrioritySender
 from services.replay.shard import ReplayShard
 from tests.integration.conftest import ShardFactory, transitions
 from tests.integration.training_fixtures import wait_for
@@ -87,3 +89,26 @@ def test_a_killed_feed_process_is_started_again_and_stop_leaves_none(start_shard
     assert feed.pid is None
     with pytest.raises(ProcessLookupError):
         os.kill(restarted, 0)
+
+
+def test_priority_updates_are_gathered_into_one_request_and_the_later_priority_wins(
+    start_shard: ShardFactory,
+) -> None:
+    shards, client = two_shards(start_shard, 100)
+    sample = client.sample(40, importance_exponent=0.4)
+    distinct = len({(int(s), int(k)) for s, k in zip(sample.shards, sample.keys, strict=True)})
+
+    def applied() -> int:
+        return sum(s.table.info().priority_updates for s in shards)
+
+    sender = PrioritySender([s.address for s in shards], min_items=80, max_delay_s=30.0).start()
+    try:
+        sender.send(sample.shards, sample.keys, np.full(40, 0.5))
+        time.sleep(0.5)
+        assert applied() == 0, "40 of 80 items: the update waits for more"
+        sender.send(sample.shards, sample.keys, np.full(40, 2.0))
+        wait_for(lambda: applied() == 80, 10.0, "the gathered update to reach the shards")
+    finally:
+        sender.stop()
+    total = sum(s.table.info().total_priority_mass for s in shards)
+    assert total == pytest.approx(100 - distinct + distinct * 2.0**0.6)
