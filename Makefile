@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PROTOS := $(shell find protos -name '*.proto')
 GENERATED := apexrl/.generated
 
-.PHONY: setup protos test test-fast lint format bench bench-replay bench-learner bench-actors bench-solve run clean
+.PHONY: setup protos test test-fast lint format bench bench-replay bench-learner bench-actors bench-solve run images compose-test clean
 
 setup: $(VENV)/.installed $(GENERATED)
 
@@ -61,6 +61,15 @@ bench-solve: setup
 
 run: setup
 	$(BIN)/apexrl run
+
+# The service images (replay, learner, actor, evaluator) from a wheelhouse built here;
+# the official python base where it can be pulled, else a local one (docker/build-images.sh).
+images: setup
+	docker/build-images.sh
+
+# docker-compose.yml end to end: the images, 8 actors, rescaling, a shard restart, monitoring.
+compose-test: images
+	APEXRL_COMPOSE_TEST=1 $(PY) -m pytest -s tests/e2e/test_compose.py
 
 clean:
 	rm -rf $(VENV) apexrl build *.egg-info .mypy_cache .ruff_cache .pytest_cache
