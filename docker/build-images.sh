@@ -60,7 +60,7 @@ begin "base image"
 base=${BASE_IMAGE:-}
 if [[ -z $base ]]; then
     if [[ ${OFFLINE:-0} != 1 ]] && { docker image inspect "$OFFICIAL_BASE" >/dev/null 2>&1 \
-        || timeout 300 docker pull --quiet "$OFFICIAL_BASE" >/dev/null; }; then
+        || timeout 300 docker pull --quiet "$OFFICIAL_BASE" >/dev/null 2>&1; }; then
         base=$OFFICIAL_BASE
     else
         echo "build-images.sh: $OFFICIAL_BASE is not available; using the local base $LOCAL_BASE" >&2

@@ -202,12 +202,28 @@ def test_prometheus_scrapes_every_service_and_every_dashboard_panel_has_data(
     datasource = yaml.safe_load(
         (ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
     )["datasources"][0]
+    queries = []
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
-        for query in panel["targets"]:
-            series = stack.prometheus("/api/v1/query", query=query["expr"])["result"]
-            if panel["title"] not in PANELS_EMPTY_WHEN_HEALTHY:
-                assert series, f"panel {panel['title']!r}: no samples for {query['expr']}"
+        queries += [(panel["title"], query["expr"]) for query in panel["targets"]]
+    # Every query must be valid (the API answers `success`); all but the error panels
+    # must have samples once the 1-minute rate windows hold two scrapes.
+    without_samples: list[str] = []
+
+    def every_panel_has_samples() -> bool:
+        without_samples[:] = [
+            f"{title}: {expr}"
+            for title, expr in queries
+            if not stack.prometheus("/api/v1/query", query=expr)["result"]
+            and title not in PANELS_EMPTY_WHEN_HEALTHY
+        ]
+        return not without_samples
+
+    with deployment.clock.stage("every dashboard panel has samples"):
+        try:
+            wait_until(every_panel_has_samples, 180, "samples for every dashboard panel", poll_s=5)
+        except AssertionError as error:
+            raise AssertionError(f"{error}; without samples: {without_samples}") from None
 
 
 @pytest.mark.timeout(600)
