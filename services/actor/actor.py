@@ -154,6 +154,7 @@ class Actor:
         try:
             self._loop(stop, session, rollout, outbox, settings.parameter_refresh_steps)
         finally:
+            session.cancel_refresh()
             outbox.add(rollout.flush())
             outbox.flush(network)
             rollout.close()
@@ -168,6 +169,7 @@ class Actor:
         session.finish_refresh(stop, wait=True)
         next_refresh = refresh_steps
         rng = np.random.default_rng(session.seed)
+        episodes = rollout.stats.episodes
         while not stop.is_set():
             if session.steps >= next_refresh:
                 next_refresh = session.steps + refresh_steps
@@ -180,6 +182,10 @@ class Actor:
             outbox.add(rollout.step(act))
             session.steps += rollout.num_environments
             self._metrics.steps.inc(rollout.num_environments)
+            if rollout.stats.episodes != episodes:
+                self._metrics.episodes.inc(rollout.stats.episodes - episodes)
+                self._metrics.episode_return.set(rollout.stats.last_return)
+                episodes = rollout.stats.episodes
             if outbox.ready():
                 outbox.send(session.network)
 
@@ -222,6 +228,12 @@ class _Session:
             last_episode_return=rollout.stats.last_return,
         )
         self._pull = self._learner.start_get_parameters(self.version, self.actor_id, progress)
+
+    def cancel_refresh(self) -> None:
+        """Abandons a pull under way (the actor is stopping)."""
+        if self._pull is not None:
+            self._pull.cancel()
+            self._pull = None
 
     def finish_refresh(self, stop: threading.Event, wait: bool = False) -> None:
         """Adopts the pull's parameters once it is done (or waits for it); re-registers if forgotten."""

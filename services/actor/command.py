@@ -9,10 +9,10 @@ from typing import Annotated
 
 import typer
 
-from services.actor.metrics import ActorMetrics
+from services.actor.metrics import ActorMetrics, EvaluatorMetrics
 from services.common.http_endpoint import HttpEndpoint
 from services.common.logs import configure_logging
-from services.common.signals import install_stop_handlers
+from services.common.signals import exit_without_teardown, install_stop_handlers
 
 logger = logging.getLogger(__name__)
 
@@ -33,21 +33,27 @@ def _serve(role: str, learner: str, metrics_port: int | None, log_level: str) ->
 
     configure_logging(role, log_level)
     stop = install_stop_handlers()
-    metrics = ActorMetrics()
+    client = LearnerClient(learner)
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    worker: Actor | Evaluator
+    if role == "actor":
+        actor_metrics = ActorMetrics()
+        registry, worker = actor_metrics.registry, Actor(client, name, actor_metrics)
+    else:
+        evaluator_metrics = EvaluatorMetrics()
+        registry, worker = evaluator_metrics.registry, Evaluator(client, name, evaluator_metrics)
     http = (
-        HttpEndpoint(metrics.registry, lambda: True, "0.0.0.0", metrics_port).start()
+        HttpEndpoint(registry, lambda: True, "0.0.0.0", metrics_port).start()
         if metrics_port is not None
         else None
     )
-    client = LearnerClient(learner)
-    name = f"{socket.gethostname()}:{os.getpid()}"
-    worker = Actor(client, name, metrics) if role == "actor" else Evaluator(client, name, metrics)
     try:
         worker.run(stop)
     finally:
         client.close()
         if http is not None:
             http.stop()
+    exit_without_teardown()
 
 
 def actor_command(

@@ -15,7 +15,7 @@ import torch
 from apexrl.learner.v1 import learner_pb2
 from services.actor.actor import build_network, make_spec_environment
 from services.actor.learner_client import LearnerClient, NotRegisteredError
-from services.actor.metrics import ActorMetrics
+from services.actor.metrics import EvaluatorMetrics
 from services.actor.policy import greedy_actions
 from services.common.networks import QNetwork
 
@@ -57,7 +57,7 @@ def play_greedy_episodes(
 class Evaluator:
     """Evaluates each new parameter version at most every ``interval_s`` seconds."""
 
-    def __init__(self, learner: LearnerClient, client_name: str, metrics: ActorMetrics) -> None:
+    def __init__(self, learner: LearnerClient, client_name: str, metrics: EvaluatorMetrics) -> None:
         self._learner = learner
         self._client_name = client_name
         self._metrics = metrics
@@ -103,6 +103,8 @@ class Evaluator:
     def _report(self, version: int, returns: list[float]) -> None:
         mean = float(np.mean(returns))
         self._metrics.evaluation_return.set(mean)
+        self._metrics.parameter_version.set(version)
+        self._metrics.evaluations.inc()
         try:
             reply = self._learner.report_evaluation(version, returns)
         except grpc.RpcError as error:

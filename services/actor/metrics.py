@@ -1,4 +1,4 @@
-"""Prometheus metrics of an actor or evaluator process."""
+"""Prometheus metrics of an actor process and of an evaluator process, each in its own registry."""
 
 from __future__ import annotations
 
@@ -24,6 +24,20 @@ class ActorMetrics:
             "apexrl_actor_parameter_lag", "Versions the actor was behind at its last pull.", registry=registry
         )
         self.epsilon = Gauge("apexrl_actor_epsilon", "Exploration epsilon of this actor.", registry=registry)
+
+
+class EvaluatorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.evaluations = Counter(
+            "apexrl_evaluator_evaluations", "Evaluations reported to the learner.", registry=registry
+        )
         self.evaluation_return = Gauge(
             "apexrl_evaluator_return", "Mean return of the latest evaluation.", registry=registry
+        )
+        self.parameter_version = Gauge(
+            "apexrl_evaluator_parameter_version",
+            "Parameter version of the latest evaluation.",
+            registry=registry,
         )

@@ -11,7 +11,7 @@ import typer
 from services.common.config import ConfigError
 from services.common.experiment import load_experiment
 from services.common.logs import configure_logging
-from services.common.signals import install_stop_handlers, wait_until_stopped
+from services.common.signals import exit_without_teardown, install_stop_handlers, wait_until_stopped
 
 logger = logging.getLogger(__name__)
 
@@ -78,3 +78,4 @@ def learner_command(
     from services.learner.learning_curve import plot_learning_curve  # matplotlib: only now
 
     plot_learning_curve(learner.run_log.csv_path, run_dir / "learning_curve.png", experiment.environment.id)
+    exit_without_teardown()

@@ -138,6 +138,8 @@ class Trainer:
         metrics.parameter_lag.set(version - min(held) if held else 0)
         metrics.priority_updates_dropped.set(self._feed.dropped)
         latest = self._progress.latest
+        if latest is not None:
+            metrics.evaluation_return.set(latest.mean_return)
         self._run_log.append(
             {
                 "elapsed_s": round(self._progress.elapsed_s(), 3),

@@ -17,7 +17,7 @@ from services.common.channels import create_channel
 from services.common.health_probe import health_status
 from services.learner.learner import BEST_MODEL, SERVICE_NAME, Learner, LearnerSettings
 from tests.integration.conftest import ShardFactory
-from tests.integration.training_fixtures import small_config
+from tests.integration.training_fixtures import small_config, wait_for
 
 TIMEOUT_S = 10
 
@@ -146,6 +146,17 @@ def test_the_best_evaluation_saves_the_model_and_solving_finishes_the_run(
     assert status.finished
     assert status.best_evaluation.mean_return == pytest.approx(130.0)
     assert status.latest_evaluation.episodes == 2
+
+    def metrics_page() -> str:
+        url = f"http://127.0.0.1:{learner.metrics_port}/metrics"
+        text: str = urllib.request.urlopen(url, timeout=TIMEOUT_S).read().decode()
+        return text
+
+    wait_for(
+        lambda: "apexrl_learner_evaluation_return 130.0" in metrics_page(),
+        10.0,
+        "the latest evaluation in the learner's metrics",
+    )
 
 
 def test_health_and_metrics_are_served(learner: Learner) -> None:
