@@ -4,7 +4,8 @@ Usage: ``.venv/bin/python bench/actor_throughput.py [--seconds 15] [--actors 1,2
 The distributed actors are real ``apexrl actor`` processes registered with a learner
 that serves parameters but does not train (its learning threshold is never
 reached), inserting into two replay shards. The bare loop steps the same
-environments with the same network, exploration and n-step builder in this
+environments with the same network, n-step builder and exploration as the first
+actor (rung 0 of the ladder: epsilon 0.4, whose short episodes reset often) in this
 process, with no replay, learner or network in between.
 """
 
@@ -27,6 +28,7 @@ from services.actor.rollout import Rollout
 from services.common.environments import make_environment
 from services.common.experiment import experiment_spec, load_experiment
 from services.common.local_process import LocalProcess
+from services.learner.exploration import ladder_epsilon
 
 _WARM_UP_S = 5.0
 
@@ -43,8 +45,11 @@ def bare_steps_per_s(seconds: float) -> float:
     )
     rng = np.random.default_rng(0)
 
+    exploration = config.algorithm.exploration
+    epsilon = ladder_epsilon(0, exploration.base_epsilon, exploration.exponent)
+
     def act(observations: np.ndarray) -> np.ndarray:
-        return epsilon_greedy(network, observations, 0.05, rng)
+        return epsilon_greedy(network, observations, epsilon, rng)
 
     steps, started = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - started) < seconds:

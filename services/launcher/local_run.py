@@ -25,6 +25,7 @@ from services.launcher.progress_view import ProgressView, status_row
 logger = logging.getLogger(__name__)
 
 ACTOR_NICENESS = 10
+EVALUATOR_NICENESS = 5
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,16 @@ class LocalRun:
             for k in range(shards)
         ]
         self.learner = Child("learner", self._learner_args, logs / "learner.log", True)
-        self.evaluator = Child("evaluator", self._client_args("evaluator"), logs / "evaluator.log", False)
         # Actors take whatever CPU the learner leaves: on a few shared cores the learner's
-        # updates, not environment steps, bound how fast a run learns.
+        # updates, not environment steps, bound how fast a run learns. The evaluator is
+        # light but decides when the run is solved, so it comes between the two.
+        self.evaluator = Child(
+            "evaluator",
+            self._client_args("evaluator"),
+            logs / "evaluator.log",
+            False,
+            niceness=EVALUATOR_NICENESS,
+        )
         self.actors = [
             Child(
                 f"actor-{i}",
