@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -106,9 +108,16 @@ def main() -> None:
     parser.add_argument("--actors", default="1,2,4,8")
     arguments = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="bench-actors-"))
-    reference = bare_steps_per_s(arguments.seconds)
-    for actors in (int(value) for value in arguments.actors.split(",")):
-        value = distributed_steps_per_s(actors, arguments.seconds, logs)
+    counts = [int(value) for value in arguments.actors.split(",")]
+    # This VM's speed drifts by 10-20% over minutes: the bare loop runs right before each
+    # distributed measure, and every ratio is taken to the median of those runs.
+    references, values = [], []
+    for actors in counts:
+        references.append(bare_steps_per_s(arguments.seconds))
+        values.append(distributed_steps_per_s(actors, arguments.seconds, logs))
+    reference = statistics.median(references)
+    print(f"bare loop runs: {[round(r) for r in references]} steps/s", file=sys.stderr)
+    for actors, value in zip(counts, values, strict=True):
         print(
             json.dumps(
                 {

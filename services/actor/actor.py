@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -14,7 +15,7 @@ from google.protobuf import json_format
 from numpy.typing import NDArray
 
 from apexrl.learner.v1 import learner_pb2
-from services.actor.learner_client import LearnerClient, NotRegisteredError, PendingParameters
+from services.actor.learner_client import LearnerClient, NotRegisteredError, Parameters
 from services.actor.metrics import ActorMetrics
 from services.actor.n_step import Columns, NStepBuilder
 from services.actor.policy import epsilon_greedy, initial_priorities
@@ -139,11 +140,16 @@ class Actor:
         network, first_environment = build_network(spec)
         extra = max(1, settings.environments_per_actor) - 1
         environments = [first_environment] + [make_spec_environment(spec) for _ in range(extra)]
-        session = _Session(self._learner, registration, network, self._metrics, self._client_name)
+        # Parameter pulls and inserts run as blocking calls on two long-lived threads while
+        # the actor steps: cheaper than a gRPC future, which may start a thread per call.
+        rpc = ThreadPoolExecutor(max_workers=2, thread_name_prefix="actor-rpc")
+        session = _Session(self._learner, registration, network, self._metrics, self._client_name, rpc)
         torch.manual_seed(session.seed)
         builder = NStepBuilder(len(environments), spec.n_step, spec.discount)
         rollout = Rollout(environments, builder, session.seed)
-        replay = ShardedReplayClient(list(registration.replay_addresses), seed=session.seed)
+        replay = ShardedReplayClient(
+            list(registration.replay_addresses), seed=session.seed, insert_executor=rpc
+        )
         outbox = Outbox(replay, settings.insert_batch_size, self._metrics)
         logger.info(
             "actor running actor_id=%d epsilon=%.4g environments=%d",
@@ -157,6 +163,7 @@ class Actor:
             session.cancel_refresh()
             outbox.add(rollout.flush())
             outbox.flush(network)
+            rpc.shutdown(wait=False, cancel_futures=True)  # closing the channels ends a call in flight
             rollout.close()
             replay.close()
             logger.info("actor stopped steps=%d", session.steps)
@@ -200,8 +207,10 @@ class _Session:
         network: QNetwork,
         metrics: ActorMetrics,
         client_name: str,
+        rpc: Executor,
     ) -> None:
         self._learner = learner
+        self._rpc = rpc
         self._metrics = metrics
         self._client_name = client_name
         self.network = network
@@ -209,7 +218,7 @@ class _Session:
         self.steps = 0
         # Every actor explores differently: its seed derives from the run's and its first id.
         self.seed = int(registration.spec.seed) + 10_007 * registration.actor_id
-        self._pull: PendingParameters | None = None
+        self._pull: Future[Parameters | None] | None = None
         self._adopt(registration)
 
     def _adopt(self, registration: learner_pb2.RegisterActorResponse) -> None:
@@ -227,7 +236,7 @@ class _Session:
             episodes=rollout.stats.episodes,
             last_episode_return=rollout.stats.last_return,
         )
-        self._pull = self._learner.start_get_parameters(self.version, self.actor_id, progress)
+        self._pull = self._rpc.submit(self._learner.get_parameters, self.version, self.actor_id, progress)
 
     def cancel_refresh(self) -> None:
         """Abandons a pull under way (the actor is stopping)."""
@@ -241,7 +250,7 @@ class _Session:
             return
         pull, self._pull = self._pull, None
         try:
-            parameters = self._learner.finish_get_parameters(pull)
+            parameters = pull.result()
         except NotRegisteredError:
             registration = self._learner.register(learner_pb2.CLIENT_ROLE_ACTOR, self._client_name, stop)
             if registration is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TypeAlias
 
 import grpc
 import torch
@@ -15,10 +14,6 @@ from services.common import parameter_codec
 from services.common.channels import create_channel
 
 logger = logging.getLogger(__name__)
-
-
-# A parameter pull under way (grpc's Future is generic only to type checkers).
-PendingParameters: TypeAlias = "grpc.Future[learner_pb2.GetParametersResponse]"
 
 
 class NotRegisteredError(Exception):
@@ -70,26 +65,11 @@ class LearnerClient:
         Raises NotRegisteredError when the learner no longer knows ``actor_id``,
         and grpc.RpcError when it cannot be reached (the caller keeps acting).
         """
-        return self.finish_get_parameters(self.start_get_parameters(known_version, actor_id, progress))
-
-    def start_get_parameters(
-        self, known_version: int, actor_id: int, progress: learner_pb2.ActorProgress | None = None
-    ) -> PendingParameters:
-        """Starts a parameter pull without waiting; :meth:`finish_get_parameters` takes its result."""
         request = learner_pb2.GetParametersRequest(
             known_version=known_version, actor_id=actor_id, progress=progress
         )
-        future: grpc.Future[learner_pb2.GetParametersResponse] = self._stub.GetParameters.future(
-            request, timeout=self._timeout_s
-        )
-        return future
-
-    def finish_get_parameters(
-        self, call: grpc.Future[learner_pb2.GetParametersResponse]
-    ) -> Parameters | None:
-        """The result of :meth:`start_get_parameters`, with the errors of :meth:`get_parameters`."""
         try:
-            reply: learner_pb2.GetParametersResponse = call.result()
+            reply = self._stub.GetParameters(request, timeout=self._timeout_s)
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 raise NotRegisteredError(error.details()) from error

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 
 import grpc
@@ -88,7 +89,7 @@ class PendingInsert:
     """An insert on its way to one shard."""
 
     shard: int
-    call: grpc.Future[replay_pb2.InsertTransitionsResponse]
+    call: grpc.Future[replay_pb2.InsertTransitionsResponse] | Future[replay_pb2.InsertTransitionsResponse]
 
 
 @dataclass
@@ -127,9 +128,15 @@ class ShardedReplayClient:
         min_backoff_s: float = 0.2,
         max_backoff_s: float = 5.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        insert_executor: Executor | None = None,
     ) -> None:
+        """``insert_executor``: where started inserts run as blocking calls. Without one they
+        are gRPC futures, each of which may start a polling thread of its own: the cheaper
+        choice for a caller that inserts often (an actor) is a long-lived executor thread.
+        """
         if not addresses:
             raise ValueError("at least one replay shard address is needed")
+        self._insert_executor = insert_executor
         self._shards = []
         for address in addresses:
             channel = create_channel(address, max_message_bytes)
@@ -344,7 +351,12 @@ class ShardedReplayClient:
             self._next_insert_shard = (shard_index + 1) % len(self._shards)
             shard = self._shards[shard_index]
             if now >= shard.down_until:
-                call = shard.stub.InsertTransitions.future(request, timeout=self._timeout_s + max_wait_s)
+                timeout_s = self._timeout_s + max_wait_s
+                if self._insert_executor is None:
+                    return PendingInsert(
+                        shard_index, shard.stub.InsertTransitions.future(request, timeout=timeout_s)
+                    )
+                call = self._insert_executor.submit(shard.stub.InsertTransitions, request, timeout=timeout_s)
                 return PendingInsert(shard_index, call)
         raise ReplayUnavailableError(f"all {len(self._shards)} replay shards are backing off")
 
