@@ -27,9 +27,11 @@ from services.actor.learner_client import LearnerClient
 from services.actor.n_step import NStepBuilder
 from services.actor.policy import epsilon_greedy
 from services.actor.rollout import Rollout
-from services.common.environments import make_environment
+from services.common.environments import make_environment, observation_shape
 from services.common.experiment import experiment_spec, load_experiment
 from services.common.local_process import LocalProcess
+from services.common.networks import build_q_network
+from services.learner.dqn import network_spec
 from services.learner.exploration import ladder_epsilon
 
 _WARM_UP_S = 5.0
@@ -40,6 +42,12 @@ def bare_steps_per_s(seconds: float) -> float:
     torch.set_num_threads(1)
     config = load_experiment("cartpole")
     network, first = build_network(experiment_spec(config))
+    # The parameters the actors get from the learner, which does not train here: its
+    # initial online network. Another network would act differently, and episode
+    # lengths (so reset costs) with it.
+    torch.manual_seed(config.general.seed)
+    initial = build_q_network(network_spec(config.algorithm), observation_shape(first), network.num_actions)
+    network.load_state_dict(initial.state_dict())
     count = config.algorithm.actor.environments_per_actor
     environments = [first] + [make_environment(config.environment.id, {}) for _ in range(count - 1)]
     rollout = Rollout(
