@@ -13,6 +13,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,17 @@ def learner(config: ExperimentConfig) -> DqnLearner:
     return DqnLearner(config.algorithm, (4,), 2, torch.device("cpu"), seed=0)
 
 
+def steps_per_s(step: Callable[[], None], seconds: float, warm_up: int = 20) -> float:
+    """Calls of ``step`` per second over ``seconds``, after ``warm_up`` untimed calls."""
+    for _ in range(warm_up):
+        step()
+    calls, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        step()
+        calls += 1
+    return calls / elapsed
+
+
 def remote_updates_per_s(config: ExperimentConfig, addresses: list[str], seconds: float) -> float:
     model = learner(config)
     feed = ReplayFeed(
@@ -54,13 +66,7 @@ def remote_updates_per_s(config: ExperimentConfig, addresses: list[str], seconds
         feed.release(batch, result.priorities, model.importance_exponent())
 
     try:
-        for _ in range(20):  # warm-up
-            step()
-        updates, started = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - started) < seconds:
-            step()
-            updates += 1
-        return updates / elapsed
+        return steps_per_s(step, seconds)
     finally:
         feed.stop()
 
@@ -77,13 +83,7 @@ def local_updates_per_s(config: ExperimentConfig, table: PrioritizedTable, secon
         result = model.update(items.columns, (weights / weights.max()).astype(np.float32))
         table.update_priorities(items.keys, result.priorities)
 
-    for _ in range(20):
-        step()
-    updates, started = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < seconds:
-        step()
-        updates += 1
-    return updates / elapsed
+    return steps_per_s(step, seconds)
 
 
 def main() -> None:

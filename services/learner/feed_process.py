@@ -174,8 +174,8 @@ class ReplayFeed:
         self._stats = np.frombuffer(self._stats_map, np.float64, len(_STATS_FIELDS))
         self._slots_fd = -1
         self._slots_map: mmap.mmap | None = None
-        self._layout: SlotLayout | None = None
-        self._views: list[dict[str, NDArray[Any]]] = []
+        self._batches: list[FeedBatch] = []  # one per slot, over the shared mapping
+        self._priorities: list[NDArray[np.float64]] = []  # each slot's priorities, written back
         self._process: subprocess.Popen[bytes] | None = None
         self._restarts = 0
 
@@ -207,8 +207,8 @@ class ReplayFeed:
         )
 
     def _close_slots(self) -> None:
-        self._views.clear()
-        self._layout = None
+        self._batches.clear()
+        self._priorities.clear()
         if self._slots_map is not None:
             with contextlib.suppress(BufferError):  # a caller still holds a batch: it keeps the mapping
                 self._slots_map.close()
@@ -251,17 +251,15 @@ class ReplayFeed:
                     continue
                 self._map_slots(SlotLayout.from_json(layout))
                 continue
-            views = self._views[value]
-            return FeedBatch(
-                slot=value,
-                columns={name: array for name, array in views.items() if not name.startswith("#")},
-                importance_weights=views[_WEIGHTS],
-            )
+            return self._batches[int(value)]
 
     def _map_slots(self, layout: SlotLayout) -> None:
-        self._layout = layout
         self._slots_map = mmap.mmap(self._slots_fd, layout.total_bytes)
-        self._views = [layout.views(self._slots_map, slot) for slot in range(layout.slots)]
+        for slot in range(layout.slots):
+            views = layout.views(self._slots_map, slot)
+            columns = {name: array for name, array in views.items() if not name.startswith("#")}
+            self._batches.append(FeedBatch(slot, columns, views[_WEIGHTS]))
+            self._priorities.append(views[_PRIORITIES])
 
     def _relaunch(self) -> None:
         assert self._process is not None
@@ -276,9 +274,9 @@ class ReplayFeed:
         """Hands the slot back with its items' new priorities; sets beta for the batches drawn next."""
         self._importance_exponent = importance_exponent
         process = self._process
-        if batch.slot >= len(self._views) or process is None or process.stdin is None:
+        if batch.slot >= len(self._priorities) or process is None or process.stdin is None:
             return
-        self._views[batch.slot][_PRIORITIES][:] = priorities
+        self._priorities[batch.slot][:] = priorities
         try:
             process.stdin.write(_RELEASE.pack(batch.slot, importance_exponent))
             process.stdin.flush()
@@ -356,9 +354,8 @@ class _Worker:
         self._slots_fd = arguments.slots_fd
         self._stats_map = mmap.mmap(arguments.stats_fd, _STATS_BYTES)
         self._stats = np.frombuffer(self._stats_map, np.float64, len(_STATS_FIELDS))
-        self._layout: SlotLayout | None = None
         self._slots_map: mmap.mmap | None = None
-        self._views: list[dict[str, NDArray[Any]]] = []
+        self._views: list[dict[str, NDArray[Any]]] = []  # empty until the first batch fixes the layout
         self._free: queue.Queue[int] = queue.Queue()
         self._stop = threading.Event()
         self._out = sys.stdout.buffer
@@ -379,16 +376,15 @@ class _Worker:
                     _KEYS: batch.keys,
                     _SHARDS: batch.shards,
                     _WEIGHTS: batch.importance_weights,
-                    _PRIORITIES: np.zeros(batch.keys.shape[0], np.float64),
                 }
-                if self._layout is None:
+                if not self._views:
                     self._create_slots(arrays)
                 slot = self._free_slot()
                 if slot is None:
                     break
-                for name, view in self._views[slot].items():
-                    if name != _PRIORITIES:
-                        view[...] = arrays[name]
+                views = self._views[slot]
+                for name, array in arrays.items():
+                    views[name][...] = array
                 self._out.write(_FRAME.pack(_BATCH, slot))
                 self._out.flush()
         except BrokenPipeError:
@@ -408,13 +404,13 @@ class _Worker:
         )
 
     def _create_slots(self, arrays: dict[str, NDArray[Any]]) -> None:
-        layout = SlotLayout.for_batch(self._slot_count, arrays)
+        priorities = np.zeros(len(arrays[_KEYS]), np.float64)  # the learner writes them back here
+        layout = SlotLayout.for_batch(self._slot_count, {**arrays, _PRIORITIES: priorities})
         os.ftruncate(self._slots_fd, layout.total_bytes)
         self._slots_map = mmap.mmap(self._slots_fd, layout.total_bytes)
         self._views = [layout.views(self._slots_map, slot) for slot in range(layout.slots)]
         for slot in range(layout.slots):
             self._free.put(slot)
-        self._layout = layout
         description = layout.to_json()
         self._out.write(_FRAME.pack(_LAYOUT, len(description)) + description)
         self._out.flush()
