@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -23,7 +24,7 @@ from services.actor.rollout import Rollout
 from services.common.environments import discrete_action_count, make_environment, observation_shape
 from services.common.experiment import network_kind_name
 from services.common.networks import NetworkSpec, QNetwork, build_q_network
-from services.common.sharded_replay import PendingInsert, ReplayUnavailableError, ShardedReplayClient
+from services.common.sharded_replay import ReplayUnavailableError, ShardedReplayClient
 
 logger = logging.getLogger(__name__)
 
@@ -56,21 +57,29 @@ def build_network(spec: learner_pb2.ExperimentSpec) -> tuple[QNetwork, Any]:
 
 
 class Outbox:
-    """Transitions waiting to be inserted, sent in batches with one insert in flight while acting goes on.
+    """Transitions waiting to be inserted, sent in batches by a background thread while acting goes on.
 
-    The next batch waits for the previous insert, so a shard's rate limiter still
-    holds the actor back; while no shard accepts, transitions are kept (the
-    newest ``_MAX_OUTBOX_BATCHES`` batches) and sent again later.
+    One insert is in flight at a time: the next batch waits for the previous one, so
+    a shard's rate limiter still holds the actor back. While no shard accepts,
+    transitions are kept (the newest ``_MAX_OUTBOX_BATCHES`` batches) and sent again
+    later.
     """
 
-    def __init__(self, replay: ShardedReplayClient, batch_size: int, metrics: ActorMetrics) -> None:
+    def __init__(
+        self,
+        replay: ShardedReplayClient,
+        batch_size: int,
+        metrics: ActorMetrics,
+        sender: Executor,
+    ) -> None:
         self._replay = replay
         self._batch_size = batch_size
         self._metrics = metrics
+        self._sender = sender
         self._parts: list[Columns] = []
         self._count = 0
         self._retry_at = 0.0
-        self._in_flight: tuple[PendingInsert, Columns] | None = None
+        self._in_flight: tuple[Future[Any], Columns] | None = None
 
     def add(self, columns: Columns) -> None:
         rows = len(columns["reward"])
@@ -87,12 +96,9 @@ class Outbox:
         if not self._count:
             return
         columns = {name: np.concatenate([part[name] for part in self._parts]) for name in self._parts[0]}
-        try:
-            pending = self._replay.start_insert(columns, initial_priorities(network, columns), _INSERT_WAIT_S)
-        except ReplayUnavailableError as error:
-            self._keep(columns, error)
-            return
-        self._in_flight = (pending, columns)
+        priorities = initial_priorities(network, columns)
+        call = self._sender.submit(self._replay.insert, columns, priorities, _INSERT_WAIT_S)
+        self._in_flight = (call, columns)
         self._parts, self._count = [], 0
 
     def flush(self, network: QNetwork) -> None:
@@ -103,11 +109,11 @@ class Outbox:
     def _settle(self) -> None:
         if self._in_flight is None:
             return
-        pending, columns = self._in_flight
+        call, columns = self._in_flight
         self._in_flight = None
         try:
-            self._replay.finish_insert(pending)
-        except grpc.RpcError as error:
+            call.result()
+        except (grpc.RpcError, ReplayUnavailableError) as error:
             self._keep(columns, error)
             return
         self._metrics.transitions_sent.inc(len(columns["reward"]))
@@ -147,10 +153,8 @@ class Actor:
         torch.manual_seed(session.seed)
         builder = NStepBuilder(len(environments), spec.n_step, spec.discount)
         rollout = Rollout(environments, builder, session.seed)
-        replay = ShardedReplayClient(
-            list(registration.replay_addresses), seed=session.seed, insert_executor=rpc
-        )
-        outbox = Outbox(replay, settings.insert_batch_size, self._metrics)
+        replay = ShardedReplayClient(list(registration.replay_addresses), seed=session.seed)
+        outbox = Outbox(replay, settings.insert_batch_size, self._metrics, rpc)
         logger.info(
             "actor running actor_id=%d epsilon=%.4g environments=%d",
             session.actor_id,
@@ -174,27 +178,45 @@ class Actor:
         # The first pull completes before acting; later ones run while the actor steps.
         session.start_refresh(rollout)
         session.finish_refresh(stop, wait=True)
-        next_refresh = refresh_steps
         rng = np.random.default_rng(session.seed)
-        episodes = rollout.stats.episodes
-        while not stop.is_set():
-            if session.steps >= next_refresh:
-                next_refresh = session.steps + refresh_steps
-                session.start_refresh(rollout)
-            session.finish_refresh(stop)
 
-            def act(observations: NDArray[Any]) -> NDArray[Any]:
-                return epsilon_greedy(session.network, observations, session.epsilon, rng)
+        def act(observations: NDArray[Any]) -> NDArray[Any]:
+            return epsilon_greedy(session.network, observations, session.epsilon, rng)
 
-            outbox.add(rollout.step(act))
-            session.steps += rollout.num_environments
-            self._metrics.steps.inc(rollout.num_environments)
-            if rollout.stats.episodes != episodes:
-                self._metrics.episodes.inc(rollout.stats.episodes - episodes)
-                self._metrics.episode_return.set(rollout.stats.last_return)
-                episodes = rollout.stats.episodes
-            if outbox.ready():
-                outbox.send(session.network)
+        # Per step the loop only steps and collects; metrics and the next pull are taken
+        # care of every refresh_steps steps, so the bookkeeping costs nothing per transition.
+        reported = _Reported(session.steps, rollout.stats.episodes)
+        next_refresh = session.steps + refresh_steps
+        try:
+            while not stop.is_set():
+                outbox.add(rollout.step(act))
+                session.steps += rollout.num_environments
+                if session.steps >= next_refresh:
+                    next_refresh = session.steps + refresh_steps
+                    self._report(session, rollout, reported)
+                    session.start_refresh(rollout)
+                session.finish_refresh(stop)
+                if outbox.ready():
+                    outbox.send(session.network)
+        finally:
+            self._report(session, rollout, reported)
+
+    def _report(self, session: _Session, rollout: Rollout, reported: _Reported) -> None:
+        """Adds the steps and episodes since the last report to the metrics."""
+        self._metrics.steps.inc(session.steps - reported.steps)
+        reported.steps = session.steps
+        if rollout.stats.episodes != reported.episodes:
+            self._metrics.episodes.inc(rollout.stats.episodes - reported.episodes)
+            self._metrics.episode_return.set(rollout.stats.last_return)
+            reported.episodes = rollout.stats.episodes
+
+
+@dataclass
+class _Reported:
+    """What the actor's metrics count so far."""
+
+    steps: int
+    episodes: int
 
 
 class _Session:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 
 import grpc
@@ -84,14 +83,6 @@ class ShardedSample:
         return batches
 
 
-@dataclass(frozen=True)
-class PendingInsert:
-    """An insert on its way to one shard."""
-
-    shard: int
-    call: grpc.Future[replay_pb2.InsertTransitionsResponse] | Future[replay_pb2.InsertTransitionsResponse]
-
-
 @dataclass
 class _Shard:
     address: str
@@ -128,15 +119,9 @@ class ShardedReplayClient:
         min_backoff_s: float = 0.2,
         max_backoff_s: float = 5.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        insert_executor: Executor | None = None,
     ) -> None:
-        """``insert_executor``: where started inserts run as blocking calls. Without one they
-        are gRPC futures, each of which may start a polling thread of its own: the cheaper
-        choice for a caller that inserts often (an actor) is a long-lived executor thread.
-        """
         if not addresses:
             raise ValueError("at least one replay shard address is needed")
-        self._insert_executor = insert_executor
         self._shards = []
         for address in addresses:
             channel = create_channel(address, max_message_bytes)
@@ -335,54 +320,35 @@ class ShardedReplayClient:
                 self._mark_down(shard_index, error)
         return updated
 
-    def start_insert(
-        self,
-        columns: Mapping[str, NDArray[np.generic]],
-        priorities: NDArray[np.floating],
-        max_wait_s: float = 0.0,
-    ) -> PendingInsert:
-        """Starts an insert into the next shard not backing off (round robin); see :meth:`finish_insert`."""
-        request = replay_pb2.InsertTransitionsRequest(max_wait_s=max_wait_s)
-        tensor_codec.encode_columns_into(request.batch, columns)
-        tensor_codec.encode_into(request.priorities, np.asarray(priorities, dtype=np.float32))
-        now = time.monotonic()
-        for _ in range(len(self._shards)):
-            shard_index = self._next_insert_shard
-            self._next_insert_shard = (shard_index + 1) % len(self._shards)
-            shard = self._shards[shard_index]
-            if now >= shard.down_until:
-                timeout_s = self._timeout_s + max_wait_s
-                if self._insert_executor is None:
-                    return PendingInsert(
-                        shard_index, shard.stub.InsertTransitions.future(request, timeout=timeout_s)
-                    )
-                call = self._insert_executor.submit(shard.stub.InsertTransitions, request, timeout=timeout_s)
-                return PendingInsert(shard_index, call)
-        raise ReplayUnavailableError(f"all {len(self._shards)} replay shards are backing off")
-
-    def finish_insert(self, pending: PendingInsert) -> NDArray[np.int64]:
-        """The keys of a started insert; grpc.RpcError if it failed (an unreachable shard is marked down)."""
-        try:
-            reply = pending.call.result()
-        except grpc.RpcError as error:
-            if error.code() in _DOWN_CODES:
-                self._mark_down(pending.shard, error)
-            raise
-        self._mark_up(pending.shard)
-        return tensor_codec.decode(reply.keys, "keys").astype(np.int64, copy=False)
-
     def insert(
         self,
         columns: Mapping[str, NDArray[np.generic]],
         priorities: NDArray[np.floating],
         max_wait_s: float = 0.0,
     ) -> tuple[int, NDArray[np.int64]]:
-        """Inserts into the next reachable shard, trying each once; returns the shard and the keys."""
+        """Inserts into the next shard not backing off (round robin); returns the shard and the keys.
+
+        A shard found down is marked so and the next one is tried, each at most once:
+        ReplayUnavailableError when none took the batch, grpc.RpcError for any other failure.
+        """
+        request = replay_pb2.InsertTransitionsRequest(max_wait_s=max_wait_s)
+        tensor_codec.encode_columns_into(request.batch, columns)
+        tensor_codec.encode_into(request.priorities, np.asarray(priorities, dtype=np.float32))
         for _ in range(len(self._shards)):
-            pending = self.start_insert(columns, priorities, max_wait_s)
+            shard_index = self._next_insert_shard
+            self._next_insert_shard = (shard_index + 1) % len(self._shards)
+            shard = self._shards[shard_index]
+            if time.monotonic() < shard.down_until:
+                continue
             try:
-                return pending.shard, self.finish_insert(pending)
+                reply = shard.stub.InsertTransitions(request, timeout=self._timeout_s + max_wait_s)
             except grpc.RpcError as error:
                 if error.code() not in _DOWN_CODES:
                     raise
-        raise ReplayUnavailableError(f"no replay shard accepted the insert ({len(self._shards)} tried)")
+                self._mark_down(shard_index, error)
+                continue
+            self._mark_up(shard_index)
+            return shard_index, tensor_codec.decode(reply.keys, "keys").astype(np.int64, copy=False)
+        raise ReplayUnavailableError(
+            f"no replay shard accepted the insert: all {len(self._shards)} are down or backing off"
+        )

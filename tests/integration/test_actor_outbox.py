@@ -1,0 +1,90 @@
+"""The actor's outbox against real shards: batches spread over shards, and nothing lost while none accepts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+from services.actor.actor import Outbox
+from services.actor.metrics import ActorMetrics
+from services.common.networks import NetworkSpec, QNetwork, build_q_network
+from services.common.sharded_replay import ShardedReplayClient
+from services.replay.shard import ReplayShard
+from tests.integration.conftest import ShardFactory, transitions
+
+
+@pytest.fixture
+def network() -> QNetwork:
+    """Enough actions for ``transitions``, whose action is the transition's index (below 128 here)."""
+    torch.manual_seed(0)
+    return build_q_network(NetworkSpec(kind="mlp", hidden_sizes=(16,), dueling=True), (4,), 128)
+
+
+@pytest.fixture
+def sender() -> Iterator[ThreadPoolExecutor]:
+    executor = ThreadPoolExecutor(max_workers=1)
+    yield executor
+    executor.shutdown(wait=True)
+
+
+def stored_actions(*shards: ReplayShard) -> list[int]:
+    """The action column (each transition's index) of every item the shards hold."""
+    return sorted(np.concatenate([shard.table.export_state().columns["action"] for shard in shards]).tolist())
+
+
+def sent(metrics: ActorMetrics) -> float | None:
+    return metrics.registry.get_sample_value("apexrl_actor_transitions_sent_total")
+
+
+def test_batches_alternate_over_shards_and_are_counted_once_accepted(
+    start_shard: ShardFactory, network: QNetwork, sender: ThreadPoolExecutor
+) -> None:
+    shards = [start_shard(capacity=1000) for _ in range(2)]
+    replay = ShardedReplayClient([shard.address for shard in shards], seed=0)
+    metrics = ActorMetrics()
+    outbox = Outbox(replay, batch_size=32, metrics=metrics, sender=sender)
+    for first in range(0, 96, 8):
+        outbox.add(transitions(first, 8))
+        if outbox.ready():
+            outbox.send(network)
+    outbox.flush(network)
+    assert [shard.table.info().size for shard in shards] == [64, 32]
+    assert stored_actions(*shards) == list(range(96))
+    assert sent(metrics) == 96
+    replay.close()
+
+
+def test_transitions_held_while_no_shard_accepts_arrive_once_one_is_back(
+    start_shard: ShardFactory, network: QNetwork, sender: ThreadPoolExecutor
+) -> None:
+    shard = start_shard(capacity=1000)
+    port = shard.port
+    replay = ShardedReplayClient(
+        [shard.address], seed=0, timeout_s=2.0, min_backoff_s=0.05, max_backoff_s=0.1
+    )
+    metrics = ActorMetrics()
+    outbox = Outbox(replay, batch_size=16, metrics=metrics, sender=sender)
+    outbox.add(transitions(0, 16))
+    outbox.flush(network)
+    shard.stop(snapshot=False)
+
+    outbox.add(transitions(16, 16))
+    outbox.flush(network)  # refused: kept, and no retry before a second has passed
+    outbox.add(transitions(32, 16))
+    assert not outbox.ready()
+    assert sent(metrics) == 16
+
+    restarted = start_shard(capacity=1000, port=port)
+    deadline = time.monotonic() + 30
+    while not outbox.ready():
+        assert time.monotonic() < deadline, "the outbox never retried"
+        time.sleep(0.05)
+    outbox.flush(network)
+    assert stored_actions(restarted) == list(range(16, 48))
+    assert sent(metrics) == 48
+    replay.close()
