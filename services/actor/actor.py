@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 # Transitions kept while no shard accepts them; beyond it the oldest are dropped.
 _MAX_OUTBOX_BATCHES = 64
+# A batch not yet full leaves this long after its first transition arrived.
+_MAX_HOLD_S = 1.0
 # How long an insert may wait on a shard's samples-per-insert limiter: the wait is
 # the back-pressure that keeps actors from outrunning the learner.
 _INSERT_WAIT_S = 10.0
@@ -59,10 +61,11 @@ def build_network(spec: learner_pb2.ExperimentSpec) -> tuple[QNetwork, Any]:
 class Outbox:
     """Transitions waiting to be inserted, sent in batches by a background thread while acting goes on.
 
-    One insert is in flight at a time: the next batch waits for the previous one, so
-    a shard's rate limiter still holds the actor back. While no shard accepts,
-    transitions are kept (the newest ``_MAX_OUTBOX_BATCHES`` batches) and sent again
-    later.
+    A batch leaves once it holds ``batch_size`` transitions, or ``max_hold_s`` after
+    its first one arrived, so slow environments stream too. One insert is in flight
+    at a time: the next batch waits for the previous one, so a shard's rate limiter
+    still holds the actor back. While no shard accepts, transitions are kept (the
+    newest ``_MAX_OUTBOX_BATCHES`` batches) and sent again later.
     """
 
     def __init__(
@@ -71,9 +74,12 @@ class Outbox:
         batch_size: int,
         metrics: ActorMetrics,
         sender: Executor,
+        max_hold_s: float = _MAX_HOLD_S,
     ) -> None:
         self._replay = replay
         self._batch_size = batch_size
+        self._max_hold_s = max_hold_s
+        self._held_since = 0.0
         self._metrics = metrics
         self._sender = sender
         self._parts: list[Columns] = []
@@ -84,11 +90,17 @@ class Outbox:
     def add(self, columns: Columns) -> None:
         rows = len(columns["reward"])
         if rows:
+            if not self._count:
+                self._held_since = time.monotonic()
             self._parts.append(columns)
             self._count += rows
 
     def ready(self) -> bool:
-        return self._count >= self._batch_size and time.monotonic() >= self._retry_at
+        if not self._count:
+            return False
+        now = time.monotonic()
+        full = self._count >= self._batch_size or now - self._held_since >= self._max_hold_s
+        return full and now >= self._retry_at
 
     def send(self, network: QNetwork) -> None:
         """Waits for the insert in flight, then starts one with all that is held."""

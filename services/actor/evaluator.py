@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -14,13 +15,15 @@ import torch
 
 from apexrl.learner.v1 import learner_pb2
 from services.actor.actor import build_network, make_spec_environment
-from services.actor.learner_client import LearnerClient, NotRegisteredError
+from services.actor.learner_client import LearnerClient, NotRegisteredError, Parameters
 from services.actor.metrics import EvaluatorMetrics
 from services.actor.policy import greedy_actions
 from services.common.networks import QNetwork
 
 logger = logging.getLogger(__name__)
 
+# Seconds between pulls while an evaluation runs; well below the learner's 30 s expiry.
+_HEARTBEAT_INTERVAL_S = 10.0
 # Evaluation episodes use their own seeds, the same for every version, so versions compare fairly.
 _EVALUATION_SEED_OFFSET = 1_000_000
 
@@ -30,12 +33,13 @@ def play_greedy_episodes(
     environments: Sequence[gym.Env[Any, Any]],
     seed: int,
     stop: threading.Event | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> list[float]:
     """Undiscounted returns of one greedy episode per environment (environment i seeded ``seed + i``).
 
     The episodes run in lockstep, so each step is one forward pass over the episodes
-    still running. Returns an empty list if ``stop`` is set meanwhile: a partial
-    evaluation is never reported.
+    still running; ``on_step`` is called after each. Returns an empty list if ``stop``
+    is set meanwhile: a partial evaluation is never reported.
     """
     observations = [environment.reset(seed=seed + i)[0] for i, environment in enumerate(environments)]
     returns = [0.0] * len(environments)
@@ -51,16 +55,34 @@ def play_greedy_episodes(
             if not (terminated or truncated):
                 still_running.append(i)
         running = still_running
+        if on_step is not None:
+            on_step()
     return returns
 
 
 class Evaluator:
-    """Evaluates each new parameter version at most every ``interval_s`` seconds."""
+    """Evaluates each new parameter version at most every ``interval_s`` seconds.
 
-    def __init__(self, learner: LearnerClient, client_name: str, metrics: EvaluatorMetrics) -> None:
+    While an evaluation runs, and while it waits for the next, a pull every
+    ``heartbeat_interval_s`` keeps the registration alive: the learner forgets a
+    client silent for 30 s, and long episodes or a long evaluation interval must not
+    make the evaluator drop out of its status. Parameters a heartbeat brings are the
+    ones evaluated next.
+    """
+
+    def __init__(
+        self,
+        learner: LearnerClient,
+        client_name: str,
+        metrics: EvaluatorMetrics,
+        heartbeat_interval_s: float = _HEARTBEAT_INTERVAL_S,
+    ) -> None:
         self._learner = learner
         self._client_name = client_name
         self._metrics = metrics
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._actor_id = 0
+        self._held: Parameters | None = None  # pulled by a heartbeat, not yet evaluated
         torch.set_num_threads(1)
 
     def run(self, stop: threading.Event) -> None:
@@ -73,16 +95,16 @@ class Evaluator:
             make_spec_environment(registration.spec) for _ in range(settings.episodes - 1)
         ]
         seed = int(registration.spec.seed) + _EVALUATION_SEED_OFFSET
-        actor_id, version = registration.actor_id, 0
-        logger.info("evaluator running actor_id=%d episodes=%d", actor_id, settings.episodes)
+        self._actor_id, version = registration.actor_id, 0
+        logger.info("evaluator running actor_id=%d episodes=%d", self._actor_id, settings.episodes)
         while not stop.is_set():
             try:
-                parameters = self._learner.get_parameters(version, actor_id)
+                parameters = self._newer_than(version)
             except NotRegisteredError:
                 registration = self._learner.register(
                     learner_pb2.CLIENT_ROLE_EVALUATOR, self._client_name, stop
                 )
-                actor_id = registration.actor_id if registration is not None else actor_id
+                self._actor_id = registration.actor_id if registration is not None else self._actor_id
                 continue
             except grpc.RpcError as error:
                 logger.warning("parameter pull failed code=%s", error.code().name)
@@ -93,12 +115,48 @@ class Evaluator:
                 continue
             network.load_state_dict(parameters.state_dict)
             version = parameters.version
-            returns = play_greedy_episodes(network, environments, seed, stop)
+            beat = self._heartbeat(version)
+            returns = play_greedy_episodes(network, environments, seed, stop, beat)
             if len(returns) == settings.episodes:
                 self._report(version, returns)
-            stop.wait(settings.interval_s)
+            self._wait(settings.interval_s, stop, beat)
         for environment in environments:
             environment.close()
+
+    def _wait(self, seconds: float, stop: threading.Event, beat: Callable[[], None]) -> None:
+        """Waits ``seconds``, or until stopped, still beating."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0 and not stop.wait(
+            min(left, self._heartbeat_interval_s)
+        ):
+            beat()
+
+    def _newer_than(self, version: int) -> Parameters | None:
+        """The parameters a heartbeat brought, else a pull's."""
+        held, self._held = self._held, None
+        if held is not None and held.version > version:
+            return held
+        return self._learner.get_parameters(version, self._actor_id)
+
+    def _heartbeat(self, evaluating: int) -> Callable[[], None]:
+        """A callback, called as often as convenient, that pulls once every heartbeat interval."""
+        due = time.monotonic() + self._heartbeat_interval_s
+
+        def beat() -> None:
+            nonlocal due
+            if time.monotonic() < due:
+                return
+            due = time.monotonic() + self._heartbeat_interval_s
+            known = self._held.version if self._held is not None else evaluating
+            try:
+                pulled = self._learner.get_parameters(known, self._actor_id)
+            except (NotRegisteredError, grpc.RpcError) as error:  # the loop re-registers or retries
+                logger.warning("heartbeat pull failed error=%s", error)
+                return
+            if pulled is not None:
+                self._held = pulled
+
+        return beat
 
     def _report(self, version: int, returns: list[float]) -> None:
         mean = float(np.mean(returns))

@@ -51,6 +51,8 @@ class LearnerSettings:
     # other names than the learner does (actors on other machines, published container
     # ports); empty: replay_addresses. Same shards, same order.
     advertised_replay_addresses: tuple[str, ...] = ()
+    # A client (actor or evaluator) silent this long is forgotten and frees its rung.
+    client_expiry_s: float = 30.0
 
 
 def config_yaml(config: ExperimentConfig) -> str:
@@ -82,6 +84,7 @@ class Learner:
         self.registry = ActorRegistry(
             exploration.base_epsilon,
             exploration.exponent,
+            expiry_s=settings.client_expiry_s,
             base_environment_steps=counters.environment_steps,
             first_actor_id=counters.next_actor_id,
         )

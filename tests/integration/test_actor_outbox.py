@@ -88,3 +88,20 @@ def test_transitions_held_while_no_shard_accepts_arrive_once_one_is_back(
     assert stored_actions(restarted) == list(range(16, 48))
     assert sent(metrics) == 48
     replay.close()
+
+
+def test_a_batch_that_does_not_fill_leaves_after_the_hold_time(
+    start_shard: ShardFactory, network: QNetwork, sender: ThreadPoolExecutor
+) -> None:
+    shard = start_shard(capacity=1000)
+    replay = ShardedReplayClient([shard.address], seed=0)
+    outbox = Outbox(replay, batch_size=1000, metrics=ActorMetrics(), sender=sender, max_hold_s=0.3)
+    assert not outbox.ready()
+    outbox.add(transitions(0, 10))
+    held_at = time.monotonic()
+    while not outbox.ready():
+        time.sleep(0.01)
+    assert time.monotonic() - held_at >= 0.3
+    outbox.flush(network)
+    assert stored_actions(shard) == list(range(10))
+    replay.close()
