@@ -1,12 +1,16 @@
 """Environment steps per second of 1, 2, 4 and 8 actor processes, against a bare loop running the same policy.
 
-Usage: ``.venv/bin/python bench/actor_throughput.py [--seconds 15] [--actors 1,2,4,8]``.
+Usage: ``.venv/bin/python bench/actor_throughput.py [--seconds 10] [--actors 1,2,4,8] [--repeats 3]``.
 The distributed actors are real ``apexrl actor`` processes registered with a learner
 that serves parameters but does not train (its learning threshold is never
 reached), inserting into two replay shards. The bare loop steps the same
 environments with the same network, n-step builder and exploration as the first
 actor (rung 0 of the ladder: epsilon 0.4, whose short episodes reset often) in this
 process, with no replay, learner or network in between.
+
+This VM's speed drifts by 10-20% over minutes, so every measure is repeated: each
+round runs the bare loop and then each actor count once, a count's figure is the
+median of its rounds, and the reference is the median of every bare-loop run.
 """
 
 from __future__ import annotations
@@ -112,20 +116,22 @@ def distributed_steps_per_s(actors: int, seconds: float, logs: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--actors", default="1,2,4,8")
+    parser.add_argument("--repeats", type=int, default=3)
     arguments = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="bench-actors-"))
     counts = [int(value) for value in arguments.actors.split(",")]
-    # This VM's speed drifts by 10-20% over minutes: the bare loop runs right before each
-    # distributed measure, and every ratio is taken to the median of those runs.
-    references, values = [], []
-    for actors in counts:
-        references.append(bare_steps_per_s(arguments.seconds))
-        values.append(distributed_steps_per_s(actors, arguments.seconds, logs))
+    references: list[float] = []
+    runs: dict[int, list[float]] = {actors: [] for actors in counts}
+    for _ in range(arguments.repeats):
+        for actors in counts:
+            references.append(bare_steps_per_s(arguments.seconds))
+            runs[actors].append(distributed_steps_per_s(actors, arguments.seconds, logs))
     reference = statistics.median(references)
     print(f"bare loop runs: {[round(r) for r in references]} steps/s", file=sys.stderr)
-    for actors, value in zip(counts, values, strict=True):
+    for actors in counts:
+        value = statistics.median(runs[actors])
         print(
             json.dumps(
                 {
@@ -138,6 +144,7 @@ def main() -> None:
                     "reference_value": reference,
                     "ratio": value / reference,
                     "better": "higher",
+                    "runs": [round(run) for run in runs[actors]],
                 }
             ),
             flush=True,
