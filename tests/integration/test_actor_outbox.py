@@ -41,6 +41,13 @@ def sent(metrics: ActorMetrics) -> float | None:
     return metrics.registry.get_sample_value("apexrl_actor_transitions_sent_total")
 
 
+def wait_until_ready(outbox: Outbox, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not outbox.ready():
+        assert time.monotonic() < deadline, "the outbox never became ready to send"
+        time.sleep(0.01)
+
+
 def test_batches_alternate_over_shards_and_are_counted_once_accepted(
     start_shard: ShardFactory, network: QNetwork, sender: ThreadPoolExecutor
 ) -> None:
@@ -80,10 +87,7 @@ def test_transitions_held_while_no_shard_accepts_arrive_once_one_is_back(
     assert sent(metrics) == 16
 
     restarted = start_shard(capacity=1000, port=port)
-    deadline = time.monotonic() + 30
-    while not outbox.ready():
-        assert time.monotonic() < deadline, "the outbox never retried"
-        time.sleep(0.05)
+    wait_until_ready(outbox)
     outbox.flush(network)
     assert stored_actions(restarted) == list(range(16, 48))
     assert sent(metrics) == 48
@@ -99,8 +103,7 @@ def test_a_batch_that_does_not_fill_leaves_after_the_hold_time(
     assert not outbox.ready()
     outbox.add(transitions(0, 10))
     held_at = time.monotonic()
-    while not outbox.ready():
-        time.sleep(0.01)
+    wait_until_ready(outbox)
     assert time.monotonic() - held_at >= 0.3
     outbox.flush(network)
     assert stored_actions(shard) == list(range(10))
