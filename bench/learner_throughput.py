@@ -1,6 +1,6 @@
 """Learner updates per second sampling from 2 remote shards, against the same learner on an in-process buffer.
 
-Usage: ``.venv/bin/python bench/learner_throughput.py [--seconds 20] [--runs 3]``. Both sides
+Usage: ``.venv/bin/python bench/learner_throughput.py [--seconds 20] [--runs 3] [--device cpu]``. Both sides
 run the CartPole preset's learner (network, batch size, optimizer) on the same
 stored transitions; the remote side samples and sends priorities back through the
 replay feed process, exactly as ``apexrl learner`` does.
@@ -22,7 +22,7 @@ import torch
 from services.common.experiment import ExperimentConfig, load_experiment
 from services.common.local_process import LocalProcess
 from services.common.sharded_replay import ShardedReplayClient
-from services.learner.dqn import DqnLearner
+from services.learner.dqn import DqnLearner, resolve_device
 from services.learner.feed_process import ReplayFeed
 from services.replay.demo import cartpole_like_transitions
 from services.replay.rate_limiter import RateLimiterSettings
@@ -34,7 +34,7 @@ INSERT_BATCH = 1_000
 
 def learner(config: ExperimentConfig) -> DqnLearner:
     torch.set_num_threads(config.general.learner_threads)
-    return DqnLearner(config.algorithm, (4,), 2, torch.device("cpu"), seed=0)
+    return DqnLearner(config.algorithm, (4,), 2, resolve_device(config.general.device), seed=0)
 
 
 def steps_per_s(step: Callable[[], None], seconds: float, warm_up: int = 20) -> float:
@@ -90,8 +90,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="the learner's device: cpu, cuda or auto")
     arguments = parser.parse_args()
-    config = load_experiment("cartpole")
+    config = load_experiment("cartpole", [f"general.device={arguments.device}"])
     rng = np.random.default_rng(0)
     data = [cartpole_like_transitions(rng, INSERT_BATCH) for _ in range(2 * ITEMS_PER_SHARD // INSERT_BATCH)]
     priorities = [rng.uniform(0.01, 1.0, INSERT_BATCH) for _ in data]
@@ -126,6 +127,7 @@ def main() -> None:
                 "bench": "learner_throughput",
                 "workload": "cartpole",
                 "measure": "updates_per_s_2_remote_shards",
+                "device": arguments.device,
                 "value": value,
                 "unit": "updates/s",
                 "reference": "in_process_buffer",
