@@ -103,32 +103,45 @@ class Outbox:
         return full and now >= self._retry_at
 
     def send(self, network: QNetwork) -> None:
-        """Waits for the insert in flight, then starts one with all that is held."""
+        """Waits for the insert in flight, then starts one with the oldest batch held.
+
+        A batch is the oldest parts held up to ``batch_size`` transitions, so a backlog
+        kept through an outage drains in requests of the usual size.
+        """
         self._settle()
         if not self._count:
             return
-        columns = {name: np.concatenate([part[name] for part in self._parts]) for name in self._parts[0]}
+        taken, rows = 0, 0
+        while taken < len(self._parts) and rows < self._batch_size:
+            rows += len(self._parts[taken]["reward"])
+            taken += 1
+        parts, self._parts = self._parts[:taken], self._parts[taken:]
+        self._count -= rows
+        columns = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
         priorities = initial_priorities(network, columns)
         call = self._sender.submit(self._replay.insert, columns, priorities, _INSERT_WAIT_S)
         self._in_flight = (call, columns)
-        self._parts, self._count = [], 0
 
     def flush(self, network: QNetwork) -> None:
-        """Sends what is held and waits for it (on stop)."""
-        self.send(network)
-        self._settle()
+        """Sends all that is held and waits for it (on stop); gives up at the first refusal."""
+        accepted = self._settle()
+        while self._count and accepted:
+            self.send(network)
+            accepted = self._settle()
 
-    def _settle(self) -> None:
+    def _settle(self) -> bool:
+        """Waits for the insert in flight, if any; False if it was refused (its batch is kept)."""
         if self._in_flight is None:
-            return
+            return True
         call, columns = self._in_flight
         self._in_flight = None
         try:
             call.result()
         except (grpc.RpcError, ReplayUnavailableError) as error:
             self._keep(columns, error)
-            return
+            return False
         self._metrics.transitions_sent.inc(len(columns["reward"]))
+        return True
 
     def _keep(self, columns: Columns, error: Exception) -> None:
         """Puts a batch that was not accepted back in front, dropping the oldest beyond the bound."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
+from numpy.typing import NDArray
 
 from services.actor.actor import Outbox
 from services.actor.metrics import ActorMetrics
@@ -107,4 +108,42 @@ def test_a_batch_that_does_not_fill_leaves_after_the_hold_time(
     assert time.monotonic() - held_at >= 0.3
     outbox.flush(network)
     assert stored_actions(shard) == list(range(10))
+    replay.close()
+
+
+class RecordingReplayClient(ShardedReplayClient):
+    """The real client, noting the size of every insert it makes."""
+
+    def __init__(self, addresses: list[str]) -> None:
+        super().__init__(addresses, seed=0, timeout_s=2.0, min_backoff_s=0.05, max_backoff_s=0.1)
+        self.insert_sizes: list[int] = []
+
+    def insert(
+        self,
+        columns: Mapping[str, NDArray[np.generic]],
+        priorities: NDArray[np.floating],
+        max_wait_s: float = 0.0,
+    ) -> tuple[int, NDArray[np.int64]]:
+        self.insert_sizes.append(len(columns["reward"]))
+        return super().insert(columns, priorities, max_wait_s)
+
+
+def test_a_backlog_kept_through_an_outage_drains_in_batches_of_the_usual_size(
+    start_shard: ShardFactory, network: QNetwork, sender: ThreadPoolExecutor
+) -> None:
+    shard = start_shard(capacity=1000)
+    port = shard.port
+    shard.stop(snapshot=False)
+    replay = RecordingReplayClient([shard.address])
+    outbox = Outbox(replay, batch_size=16, metrics=ActorMetrics(), sender=sender)
+    for first in range(0, 112, 8):
+        outbox.add(transitions(first, 8))
+    outbox.flush(network)  # refused: the first batch is kept, nothing else is tried
+    assert replay.insert_sizes == [16]
+
+    restarted = start_shard(capacity=1000, port=port)
+    wait_until_ready(outbox)
+    outbox.flush(network)
+    assert stored_actions(restarted) == list(range(112))
+    assert replay.insert_sizes[1:] == [16] * 7
     replay.close()
