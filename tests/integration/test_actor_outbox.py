@@ -15,6 +15,7 @@ from services.actor.actor import Outbox
 from services.actor.metrics import ActorMetrics
 from services.common.networks import NetworkSpec, QNetwork, build_q_network
 from services.common.sharded_replay import ShardedReplayClient
+from services.launcher.ports import pick_free_ports
 from services.replay.shard import ReplayShard
 from tests.integration.conftest import ShardFactory, transitions
 
@@ -70,8 +71,9 @@ def test_batches_alternate_over_shards_and_are_counted_once_accepted(
 def test_transitions_held_while_no_shard_accepts_arrive_once_one_is_back(
     start_shard: ShardFactory, network: QNetwork, sender: ThreadPoolExecutor
 ) -> None:
-    shard = start_shard(capacity=1000)
-    port = shard.port
+    # Below the ephemeral range, so no outgoing connection takes the port while the shard is down.
+    (port,) = pick_free_ports(1)
+    shard = start_shard(capacity=1000, port=port)
     replay = ShardedReplayClient(
         [shard.address], seed=0, timeout_s=2.0, min_backoff_s=0.05, max_backoff_s=0.1
     )
@@ -131,8 +133,8 @@ class RecordingReplayClient(ShardedReplayClient):
 def test_a_backlog_kept_through_an_outage_drains_in_batches_of_the_usual_size(
     start_shard: ShardFactory, network: QNetwork, sender: ThreadPoolExecutor
 ) -> None:
-    shard = start_shard(capacity=1000)
-    port = shard.port
+    (port,) = pick_free_ports(1)  # below the ephemeral range: see above
+    shard = start_shard(capacity=1000, port=port)
     shard.stop(snapshot=False)
     replay = RecordingReplayClient([shard.address])
     outbox = Outbox(replay, batch_size=16, metrics=ActorMetrics(), sender=sender)

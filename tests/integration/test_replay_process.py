@@ -17,6 +17,7 @@ from apexrl.replay.v1 import replay_pb2, replay_pb2_grpc
 from services.common import tensor_codec
 from services.common.channels import create_channel
 from services.common.health_probe import is_serving
+from services.launcher.ports import pick_free_ports
 from tests.integration.conftest import transitions
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +50,10 @@ def stop(process: subprocess.Popen[str]) -> int:
 def test_sigterm_drains_snapshots_and_a_restart_restores(tmp_path: Path) -> None:
     snapshot = tmp_path / "shard.safetensors"
     flags = ["--capacity", "1000", "--snapshot-path", str(snapshot)]
-    process, address = start(*flags, "--port", "0")
+    # Below the ephemeral range, so no outgoing connection takes the port between the two runs.
+    (port,) = pick_free_ports(1)
+    process, address = start(*flags, "--port", str(port))
+    assert address == f"127.0.0.1:{port}"
     try:
         stub = replay_pb2_grpc.ReplayServiceStub(create_channel(address))
         request = replay_pb2.InsertTransitionsRequest(
@@ -61,8 +65,7 @@ def test_sigterm_drains_snapshots_and_a_restart_restores(tmp_path: Path) -> None
         assert stop(process) == 0
     assert snapshot.exists()
 
-    port = address.rsplit(":", 1)[1]
-    process, address = start(*flags, "--port", port)
+    process, address = start(*flags, "--port", str(port))
     try:
         channel = create_channel(address)
         assert is_serving(address)

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from apexrl.learner.v1 import learner_pb2
 from services.actor.learner_client import LearnerClient
-from services.learner.checkpoint import latest_checkpoint
+from services.common import tensor_codec
+from services.launcher.ports import pick_free_ports
+from services.learner.checkpoint import TrainingCounters, latest_checkpoint
 from services.learner.learner import Learner, LearnerSettings
+from services.learner.registry import ActorRegistry
+from services.learner.training import Trainer
 from tests.integration.conftest import ShardFactory
 from tests.integration.training_fixtures import ActorThread, small_config, wait_for
 
@@ -51,14 +58,55 @@ def test_two_actors_feed_two_shards_and_the_learner_trains_and_publishes_to_them
     assert (tmp_path / "run" / "metrics.csv").exists()
 
 
+def registry_carry_over(registry: ActorRegistry) -> tuple[int, int]:
+    """The environment steps and actor ids the registry counts beyond its own registrations.
+
+    An actor may register and report at any moment, so the figures are read between two
+    identical readings of the registrations: heartbeats only raise a registration's steps
+    and ids only grow, so equal readings mean nothing moved in between.
+    """
+    while True:
+        before = [(record.actor_id, record.environment_steps) for record in registry.active()]
+        steps, next_id = registry.environment_steps(), registry.next_actor_id
+        if [(record.actor_id, record.environment_steps) for record in registry.active()] == before:
+            return steps - sum(own for _, own in before), next_id - len(before)
+
+
+def assert_resumed_from(
+    learner: Learner, tensors: dict[str, torch.Tensor], counters: TrainingCounters, constructing: float
+) -> None:
+    """The learner holds exactly the checkpoint's state (its trainer not started yet)."""
+    resumed = learner.counters()
+    assert resumed.updates == counters.updates
+    # One publish at construction, of the restored networks, continuing the version count.
+    assert resumed.parameter_version == counters.parameter_version + 1
+    published = learner.store.get(counters.parameter_version + 1)
+    assert published is not None
+    assert learner.store.get(counters.parameter_version) is None
+    weights = tensor_codec.decode_named(published)
+    online = {
+        name.removeprefix("online."): tensor.numpy()
+        for name, tensor in tensors.items()
+        if name.startswith("online.")
+    }
+    assert online
+    assert set(weights) == set(online)
+    for name, array in online.items():
+        np.testing.assert_array_equal(weights[name], array, err_msg=name)
+    assert registry_carry_over(learner.registry) == (counters.environment_steps, counters.next_actor_id)
+    assert resumed.best_mean_return == counters.best_mean_return
+    assert counters.elapsed_s <= resumed.elapsed_s <= counters.elapsed_s + time.monotonic() - constructing
+
+
 def test_an_actor_re_registers_after_the_learner_restarts_from_its_checkpoint(
-    start_shard: ShardFactory, tmp_path: Path
+    start_shard: ShardFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shard = start_shard(capacity=20_000)
     run_dir = tmp_path / "run"
     config = small_config()
-    first = Learner(config, LearnerSettings((shard.address,), run_dir))
-    port = first.port
+    # Below the ephemeral range, so no outgoing connection takes the port while the learner is down.
+    (port,) = pick_free_ports(1)
+    first = Learner(config, LearnerSettings((shard.address,), run_dir, port=port))
     actor = ActorThread(first.address, "actor-0")
     client = LearnerClient(first.address, timeout_s=5.0)
     try:
@@ -67,11 +115,23 @@ def test_an_actor_re_registers_after_the_learner_restarts_from_its_checkpoint(
         first.stop()  # writes a checkpoint
         restored = latest_checkpoint(run_dir / "checkpoints")
         assert restored is not None
-        counters = restored[1]
+        tensors, counters = restored[0], restored[1]
         assert counters.updates >= 50
+        assert counters.parameter_version >= 50 // 5
+        assert counters.environment_steps > 0
+        assert counters.next_actor_id > max(first_ids)
 
-        second = Learner(config, LearnerSettings((shard.address,), run_dir, port=port))
+        # The constructor starts the trainer last; held back here, nothing trains or publishes
+        # until the restored state has been read, so the comparison cannot race the training.
+        with monkeypatch.context() as patch:
+            patch.setattr(Trainer, "start", lambda trainer: trainer)
+            constructing = time.monotonic()
+            second = Learner(config, LearnerSettings((shard.address,), run_dir, port=port))
         try:
+            try:
+                assert_resumed_from(second, tensors, counters, constructing)
+            finally:
+                second.trainer.start()  # stop() joins the trainer's thread
 
             def re_registered() -> bool:
                 status = client.status()
@@ -80,8 +140,9 @@ def test_an_actor_re_registers_after_the_learner_restarts_from_its_checkpoint(
 
             wait_for(re_registered, timeout_s=180, what="the actor to re-register and training to go on")
             status = client.status()
-            assert min(row.actor_id for row in actor_rows(status)) > max(first_ids)
-            assert status.parameter_version > counters.parameter_version
+            # The first registration after the restart gets the next id the checkpoint kept.
+            assert min(row.actor_id for row in actor_rows(status)) == counters.next_actor_id
+            assert status.parameter_version > counters.parameter_version + 1
             assert status.environment_steps >= counters.environment_steps
             assert actor.thread.is_alive()
         finally:

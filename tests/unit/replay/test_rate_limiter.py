@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -78,16 +79,28 @@ def test_a_waiting_sampler_is_released_by_an_insert() -> None:
     )
     table.insert(_observations(2), np.ones(2), max_wait_s=0)
     table.sample(2, max_wait_s=0)
-    started = threading.Event()
     result: list[int] = []
+    returned_at: list[float] = []
 
     def sample() -> None:
-        started.set()
-        result.append(table.sample(2, max_wait_s=30).size)
+        result.append(table.sample(2, max_wait_s=60).size)
+        returned_at.append(time.monotonic())
 
-    sampler = threading.Thread(target=sample)
+    sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    started.wait()
+    # The sampler counts its wait under the table's lock and releases the lock only by waiting,
+    # so once info() (which takes the lock) sees the count, the sampler is blocked in its wait.
+    deadline = time.monotonic() + 30
+    while table.info().rate_limiter_waits < 1:
+        assert time.monotonic() < deadline, "the sampler never started waiting"
+        time.sleep(0.001)
+    assert sampler.is_alive()
+    assert result == []
+    inserted_at = time.monotonic()
     table.insert(_observations(2), np.ones(2), max_wait_s=0)
     sampler.join(timeout=30)
+    assert not sampler.is_alive(), "the insert did not wake the waiting sampler"
     assert result == [4]
+    # Woken by the insert, not by its 60 s deadline.
+    assert returned_at[0] - inserted_at < 5.0
+    assert table.info().rate_limiter_waits == 1
