@@ -52,6 +52,10 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "apexrl.json"
 ACTORS, FEWER_ACTORS = 8, 2
 # Scrape targets of deploy/prometheus/prometheus.yml, by job, for the default stack.
 EXPECTED_TARGETS = {"learner": 1, "replay": 2, "actor": ACTORS, "evaluator": 1}
+# A best evaluation return (mean of 10 greedy CartPole-v1 episodes, at most 500) that only
+# learning reaches: untrained and random policies last 10 to 30 steps; the preset solves
+# (475) in well under a minute.
+LEARNED_RETURN = 200.0
 # Dashboard panels whose series exist only after something went wrong.
 PANELS_EMPTY_WHEN_HEALTHY = {"Replay request errors"}
 
@@ -153,26 +157,29 @@ def test_eight_actors_register_with_distinct_exploration_settings(deployment: De
 
 
 @pytest.mark.timeout(600)
-def test_updates_and_the_evaluation_return_climb(deployment: Deployment) -> None:
+def test_updates_climb_and_the_policy_learns(deployment: Deployment) -> None:
     stack = deployment.stack
-    with deployment.clock.stage("evaluation return climbs by 100"):
+    with deployment.clock.stage(f"best evaluation return reaches {LEARNED_RETURN:.0f}"):
         first = wait_until(
             lambda: stack.status_if(lambda status: status.latest_evaluation.episodes > 0),
             240,
             "a first evaluation",
         )
         first_updates = stack.metrics("APEXRL_LEARNER_METRICS_PORT")["apexrl_learner_updates_total"]
-        target = first.latest_evaluation.mean_return + 100
-
         best = wait_until(
-            lambda: stack.status_if(lambda status: status.best_evaluation.mean_return >= target),
+            lambda: stack.status_if(lambda status: status.best_evaluation.mean_return >= LEARNED_RETURN),
             480,
-            f"the best evaluation return to reach {target:.1f}",
+            f"the best evaluation return to reach {LEARNED_RETURN:.0f}",
             poll_s=5,
         )
     print(f"[compose e2e] first evaluation {first.latest_evaluation.mean_return:.1f}: {describe(best)}")
-    assert best.updates > first.updates
-    assert stack.metrics("APEXRL_LEARNER_METRICS_PORT")["apexrl_learner_updates_total"] > first_updates
+    # Parameters that were trained, not the initial ones, earned it.
+    assert best.best_evaluation.updates > 0
+    wait_until(
+        lambda: stack.metrics("APEXRL_LEARNER_METRICS_PORT")["apexrl_learner_updates_total"] > first_updates,
+        60,
+        "the learner's updates to climb past the first evaluation's",
+    )
     deployment.report["evaluation_return"] = {
         "first": first.latest_evaluation.mean_return,
         "best": best.best_evaluation.mean_return,

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from services.launcher.ports import pick_free_ports
+
 ROOT = Path(__file__).resolve().parents[2]
+# Rich wraps at 80 columns when stdout is not a terminal; the summary's lines must stay whole.
+WIDE_CONSOLE = {**os.environ, "COLUMNS": "1000"}
 
 
 @pytest.mark.slow
@@ -24,9 +31,17 @@ def test_the_default_run_solves_cartpole_and_leaves_a_complete_run_folder(tmp_pa
         text=True,
         timeout=1500,
         check=False,
+        env=WIDE_CONSOLE,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "solved" in result.stdout
+    # The summary's verdict line; "not solved: ..." must not match.
+    verdict = re.search(
+        r"^solved: best evaluation return (\d+\.\d) at parameter version \d+ after \d+ s$",
+        result.stdout,
+        re.MULTILINE,
+    )
+    assert verdict is not None, result.stdout[-3000:]
+    assert float(verdict.group(1)) >= 475
     with open(run_dir / "metrics.csv", encoding="utf-8") as file:
         returns = [
             float(row["evaluation_return"]) for row in csv.DictReader(file) if row["evaluation_return"]
@@ -61,3 +76,35 @@ def test_an_invalid_config_value_exits_2_naming_the_field() -> None:
     assert result.returncode == 2
     assert "algorithm.batch_size: Input should be greater than or equal to 1, got 0" in result.stdout
     assert "general.devise: unknown key" in result.stdout
+
+
+def test_a_part_that_keeps_dying_ends_the_run_with_exit_code_1_naming_it_and_its_log(
+    tmp_path: Path,
+) -> None:
+    """Actors and the evaluator take their metrics port from APEXRL_ACTOR_METRICS_PORT; held by
+    the test, every one of them exits 1 at start, is restarted three times and then fails the run.
+    """
+    run_dir = tmp_path / "run"
+    (port,) = pick_free_ports(1)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("0.0.0.0", port))
+        holder.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "services", "run", "--run-dir", str(run_dir), "--actors", "1"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env={**WIDE_CONSOLE, "APEXRL_ACTOR_METRICS_PORT": str(port)},
+        )
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    failed = re.search(
+        r"^apexrl run failed: (evaluator|actor-0) exited with code 1 after 3 restarts; see (\S+)$",
+        result.stdout,
+        re.MULTILINE,
+    )
+    assert failed is not None, result.stdout[-3000:]
+    name, log = failed.groups()
+    assert log == str(run_dir / "logs" / f"{name}.log")
+    assert Path(log).read_text(encoding="utf-8").count("Address already in use") == 4
