@@ -26,17 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.actor.actor import build_network
+from services.actor.actor import build_policy
 from services.actor.learner_client import LearnerClient
 from services.actor.n_step import NStepBuilder
-from services.actor.policy import epsilon_greedy
 from services.actor.rollout import Rollout
-from services.common.environments import make_environment, observation_shape
-from services.common.experiment import experiment_spec, load_experiment
+from services.algorithms.experiment import experiment_spec, load_experiment
+from services.algorithms.families import family_named
+from services.common.environments import environment_spec, make_environment
 from services.common.local_process import LocalProcess
-from services.common.networks import build_q_network
-from services.learner.dqn import network_spec
-from services.learner.exploration import ladder_epsilon
 
 _WARM_UP_S = 5.0
 
@@ -45,13 +42,15 @@ def bare_steps_per_s(seconds: float) -> float:
     """One process stepping the preset's environments with its policy, nothing else."""
     torch.set_num_threads(1)
     config = load_experiment("cartpole")
-    network, first = build_network(experiment_spec(config))
+    policy, first = build_policy(experiment_spec(config))
     # The parameters the actors get from the learner, which does not train here: its
-    # initial online network. Another network would act differently, and episode
-    # lengths (so reset costs) with it.
-    torch.manual_seed(config.general.seed)
-    initial = build_q_network(network_spec(config.algorithm), observation_shape(first), network.num_actions)
-    network.load_state_dict(initial.state_dict())
+    # initial networks. Others would act differently, and episode lengths (so reset
+    # costs) with them.
+    family = family_named(config.algorithm.name)
+    initial = family.make_learner(
+        config.algorithm, environment_spec(first), torch.device("cpu"), config.general.seed
+    )
+    policy.load_parameters(initial.actor_parameters())
     count = config.algorithm.actor.environments_per_actor
     environments = [first] + [make_environment(config.environment.id, {}) for _ in range(count - 1)]
     rollout = Rollout(
@@ -59,11 +58,10 @@ def bare_steps_per_s(seconds: float) -> float:
     )
     rng = np.random.default_rng(0)
 
-    exploration = config.algorithm.exploration
-    epsilon = ladder_epsilon(0, exploration.base_epsilon, exploration.exponent)
+    exploration = family.exploration(config.algorithm, 0)
 
     def act(observations: np.ndarray) -> np.ndarray:
-        return epsilon_greedy(network, observations, epsilon, rng)
+        return policy.act(observations, exploration, rng)
 
     steps, started = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - started) < seconds:

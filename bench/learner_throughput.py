@@ -19,10 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.common.experiment import ExperimentConfig, load_experiment
+from services.algorithms.experiment import ExperimentConfig, load_experiment
+from services.algorithms.families import family_named
+from services.algorithms.interface import LearnerCore
+from services.common.environments import describe_environment
 from services.common.local_process import LocalProcess
 from services.common.sharded_replay import ShardedReplayClient
-from services.learner.dqn import DqnLearner, resolve_device
+from services.learner.device import resolve_device
 from services.learner.feed_process import ReplayFeed
 from services.replay.demo import cartpole_like_transitions
 from services.replay.rate_limiter import RateLimiterSettings
@@ -32,9 +35,11 @@ ITEMS_PER_SHARD = 50_000
 INSERT_BATCH = 1_000
 
 
-def learner(config: ExperimentConfig) -> DqnLearner:
+def learner(config: ExperimentConfig) -> LearnerCore:
     torch.set_num_threads(config.general.learner_threads)
-    return DqnLearner(config.algorithm, (4,), 2, resolve_device(config.general.device), seed=0)
+    environment = describe_environment(config.environment.id, config.environment.options)
+    family = family_named(config.algorithm.name)
+    return family.make_learner(config.algorithm, environment, resolve_device(config.general.device), seed=0)
 
 
 def steps_per_s(step: Callable[[], None], seconds: float, warm_up: int = 20) -> float:

@@ -1,4 +1,4 @@
-"""An Ape-X actor: acts epsilon-greedily, streams prioritized n-step transitions, refreshes parameters."""
+"""An Ape-X actor: explores with its algorithm's policy, streams prioritized n-step transitions."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from apexrl.learner.v1 import learner_pb2
 from services.actor.learner_client import LearnerClient, NotRegisteredError, Parameters
 from services.actor.metrics import ActorMetrics
 from services.actor.n_step import Columns, NStepBuilder
-from services.actor.policy import epsilon_greedy, initial_priorities
 from services.actor.rollout import Rollout
-from services.common.environments import discrete_action_count, make_environment, observation_shape
-from services.common.experiment import network_kind_name
-from services.common.networks import NetworkSpec, QNetwork, build_q_network
+from services.algorithms.families import family_for_wire
+from services.algorithms.interface import ActingPolicy, ExplorationSetting
+from services.algorithms.wire import exploration_from_wire
+from services.common.environments import environment_spec, make_environment
 from services.common.sharded_replay import ReplayUnavailableError, ShardedReplayClient
 
 logger = logging.getLogger(__name__)
@@ -43,19 +43,22 @@ def make_spec_environment(spec: learner_pb2.ExperimentSpec) -> Any:
     return make_environment(spec.environment_id, options, spec.frame_stack or 1)
 
 
-def build_network(spec: learner_pb2.ExperimentSpec) -> tuple[QNetwork, Any]:
-    """The spec's environment and the Q network that fits it."""
+def build_policy(spec: learner_pb2.ExperimentSpec) -> tuple[ActingPolicy, Any]:
+    """The spec's environment and the acting policy that fits it.
+
+    ValueError when this client does not implement the learner's algorithm, or the
+    network spec does not fit the environment: acting with the wrong code is worse than
+    not acting.
+    """
+    family = family_for_wire(spec.algorithm)
     environment = make_spec_environment(spec)
-    network_spec = NetworkSpec(
-        kind=network_kind_name(spec.network.kind),
-        hidden_sizes=tuple(spec.network.hidden_sizes),
-        dueling=spec.network.dueling,
-    )
-    network = build_q_network(
-        network_spec, observation_shape(environment), discrete_action_count(environment)
-    )
-    network.eval()
-    return network, environment
+    try:
+        described = environment_spec(environment)
+        family.check_environment(described)
+        return family.make_policy(spec.network, described), environment
+    except ValueError:
+        environment.close()
+        raise
 
 
 class Outbox:
@@ -102,7 +105,7 @@ class Outbox:
         full = self._count >= self._batch_size or now - self._held_since >= self._max_hold_s
         return full and now >= self._retry_at
 
-    def send(self, network: QNetwork) -> None:
+    def send(self, policy: ActingPolicy) -> None:
         """Waits for the insert in flight, then starts one with the oldest batch held.
 
         A batch is the oldest parts held up to ``batch_size`` transitions, so a backlog
@@ -118,15 +121,15 @@ class Outbox:
         parts, self._parts = self._parts[:taken], self._parts[taken:]
         self._count -= rows
         columns = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-        priorities = initial_priorities(network, columns)
+        priorities = policy.initial_priorities(columns)
         call = self._sender.submit(self._replay.insert, columns, priorities, _INSERT_WAIT_S)
         self._in_flight = (call, columns)
 
-    def flush(self, network: QNetwork) -> None:
+    def flush(self, policy: ActingPolicy) -> None:
         """Sends all that is held and waits for it (on stop); gives up at the first refusal."""
         accepted = self._settle()
         while self._count and accepted:
-            self.send(network)
+            self.send(policy)
             accepted = self._settle()
 
     def _settle(self) -> bool:
@@ -168,22 +171,22 @@ class Actor:
             return
         spec = registration.spec
         settings = registration.actor_settings
-        network, first_environment = build_network(spec)
+        policy, first_environment = build_policy(spec)
         extra = max(1, settings.environments_per_actor) - 1
         environments = [first_environment] + [make_spec_environment(spec) for _ in range(extra)]
         # Parameter pulls and inserts run as blocking calls on two long-lived threads while
         # the actor steps: cheaper than a gRPC future, which may start a thread per call.
         rpc = ThreadPoolExecutor(max_workers=2, thread_name_prefix="actor-rpc")
-        session = _Session(self._learner, registration, network, self._metrics, self._client_name, rpc)
-        torch.manual_seed(session.seed)
+        session = _Session(self._learner, registration, policy, self._metrics, self._client_name, rpc)
+        torch.manual_seed(session.seed)  # this process's own generator: it is the actor's alone
         builder = NStepBuilder(len(environments), spec.n_step, spec.discount)
         rollout = Rollout(environments, builder, session.seed)
         replay = ShardedReplayClient(list(registration.replay_addresses), seed=session.seed)
         outbox = Outbox(replay, settings.insert_batch_size, self._metrics, rpc)
         logger.info(
-            "actor running actor_id=%d epsilon=%.4g environments=%d",
+            "actor running actor_id=%d exploration=%s environments=%d",
             session.actor_id,
-            session.epsilon,
+            session.exploration,
             len(environments),
         )
         try:
@@ -191,7 +194,7 @@ class Actor:
         finally:
             session.cancel_refresh()
             outbox.add(rollout.flush())
-            outbox.flush(network)
+            outbox.flush(policy)
             rpc.shutdown(wait=False, cancel_futures=True)  # closing the channels ends a call in flight
             rollout.close()
             replay.close()
@@ -202,11 +205,11 @@ class Actor:
     ) -> None:
         # The first pull completes before acting; later ones run while the actor steps.
         session.start_refresh(rollout)
-        session.finish_refresh(stop, wait=True)
+        session.finish_refresh(stop, rollout.stats.episodes, wait=True)
         rng = np.random.default_rng(session.seed)
 
         def act(observations: NDArray[Any]) -> NDArray[Any]:
-            return epsilon_greedy(session.network, observations, session.epsilon, rng)
+            return session.policy.act(observations, session.exploration, rng)
 
         # Per step the loop only steps and collects; metrics and the next pull are taken
         # care of every refresh_steps steps, so the bookkeeping costs nothing per transition.
@@ -220,9 +223,9 @@ class Actor:
                     next_refresh = session.steps + refresh_steps
                     self._report(session, rollout, reported)
                     session.start_refresh(rollout)
-                session.finish_refresh(stop)
+                session.finish_refresh(stop, rollout.stats.episodes)
                 if outbox.ready():
-                    outbox.send(session.network)
+                    outbox.send(session.policy)
         finally:
             self._report(session, rollout, reported)
 
@@ -245,13 +248,13 @@ class _Reported:
 
 
 class _Session:
-    """The actor's registration and network, renewed when the learner forgets it."""
+    """The actor's registration and policy, renewed when the learner forgets it."""
 
     def __init__(
         self,
         learner: LearnerClient,
         registration: learner_pb2.RegisterActorResponse,
-        network: QNetwork,
+        policy: ActingPolicy,
         metrics: ActorMetrics,
         client_name: str,
         rpc: Executor,
@@ -260,19 +263,28 @@ class _Session:
         self._rpc = rpc
         self._metrics = metrics
         self._client_name = client_name
-        self.network = network
+        self.policy = policy
+        self._exploration_kind = family_for_wire(registration.spec.algorithm).exploration_kind
         self.version = 0
         self.steps = 0
         # Every actor explores differently: its seed derives from the run's and its first id.
         self.seed = int(registration.spec.seed) + 10_007 * registration.actor_id
         self._pull: Future[Parameters | None] | None = None
-        self._adopt(registration)
+        self._adopt(registration, episodes=0)
 
-    def _adopt(self, registration: learner_pb2.RegisterActorResponse) -> None:
+    def _adopt(self, registration: learner_pb2.RegisterActorResponse, episodes: int) -> None:
+        setting = exploration_from_wire(registration.exploration)
+        if setting is None or setting.kind != self._exploration_kind:
+            raise ValueError(
+                f"the learner gave this actor the exploration setting {setting}, "
+                f"but its algorithm explores by {self._exploration_kind}"
+            )
         self.actor_id = registration.actor_id
-        self.epsilon = registration.exploration.epsilon
+        self.exploration: ExplorationSetting = setting
+        # Progress is reported per registration: the learner sums each registration's own counts.
         self._steps_at_registration = self.steps
-        self._metrics.epsilon.set(self.epsilon)
+        self._episodes_at_registration = episodes
+        self._metrics.exploration.set(setting.value)
 
     def start_refresh(self, rollout: Rollout) -> None:
         """Starts pulling newer parameters (a heartbeat too) unless a pull is under way."""
@@ -280,7 +292,7 @@ class _Session:
             return
         progress = learner_pb2.ActorProgress(
             environment_steps=self.steps - self._steps_at_registration,
-            episodes=rollout.stats.episodes,
+            episodes=rollout.stats.episodes - self._episodes_at_registration,
             last_episode_return=rollout.stats.last_return,
         )
         self._pull = self._rpc.submit(self._learner.get_parameters, self.version, self.actor_id, progress)
@@ -291,8 +303,11 @@ class _Session:
             self._pull.cancel()
             self._pull = None
 
-    def finish_refresh(self, stop: threading.Event, wait: bool = False) -> None:
-        """Adopts the pull's parameters once it is done (or waits for it); re-registers if forgotten."""
+    def finish_refresh(self, stop: threading.Event, episodes: int, wait: bool = False) -> None:
+        """Adopts the pull's parameters once it is done (or waits for it); re-registers if forgotten.
+
+        ``episodes`` is the rollout's episode count now, where a new registration's count starts.
+        """
         if self._pull is None or not (wait or self._pull.done()):
             return
         pull, self._pull = self._pull, None
@@ -301,8 +316,8 @@ class _Session:
         except NotRegisteredError:
             registration = self._learner.register(learner_pb2.CLIENT_ROLE_ACTOR, self._client_name, stop)
             if registration is not None:
-                self._adopt(registration)
-                logger.info("re-registered actor_id=%d epsilon=%.4g", self.actor_id, self.epsilon)
+                self._adopt(registration, episodes)
+                logger.info("re-registered actor_id=%d exploration=%s", self.actor_id, self.exploration)
             return
         except grpc.RpcError as error:
             # Keep acting with the parameters held; the next refresh tries again.
@@ -310,6 +325,6 @@ class _Session:
             return
         if parameters is not None:
             self._metrics.parameter_lag.set(parameters.version - self.version)
-            self.network.load_state_dict(parameters.state_dict)
+            self.policy.load_parameters(parameters.state_dict)
             self.version = parameters.version
             self._metrics.parameter_version.set(self.version)

@@ -18,7 +18,9 @@ logger = logging.getLogger(__name__)
 
 _ENV = "APEXRL_ACTOR_"
 
-LearnerOption = Annotated[str, typer.Option(envvar=_ENV + "LEARNER", help="host:port of the learner.")]
+LearnerOption = Annotated[
+    str, typer.Option(envvar=_ENV + "LEARNER", help="host:port of the learner (its usual port is 50050).")
+]
 MetricsPortOption = Annotated[
     int | None, typer.Option(envvar=_ENV + "METRICS_PORT", help="HTTP /metrics /healthz /readyz port.")
 ]
@@ -49,6 +51,11 @@ def _serve(role: str, learner: str, metrics_port: int | None, log_level: str) ->
     )
     try:
         worker.run(stop)
+    except ValueError as error:
+        # The learner's experiment does not fit this client (an algorithm it does not
+        # implement, a network that does not fit the environment): say so, do not act.
+        typer.echo(f"apexrl {role}: {error}", err=True)
+        raise typer.Exit(2) from None
     finally:
         client.close()
         if http is not None:
@@ -57,7 +64,7 @@ def _serve(role: str, learner: str, metrics_port: int | None, log_level: str) ->
 
 
 def actor_command(
-    learner: LearnerOption = "127.0.0.1:50051",
+    learner: LearnerOption = "127.0.0.1:50050",
     metrics_port: MetricsPortOption = None,
     log_level: LogLevelOption = "INFO",
 ) -> None:
@@ -66,9 +73,9 @@ def actor_command(
 
 
 def evaluator_command(
-    learner: LearnerOption = "127.0.0.1:50051",
+    learner: LearnerOption = "127.0.0.1:50050",
     metrics_port: MetricsPortOption = None,
     log_level: LogLevelOption = "INFO",
 ) -> None:
-    """Run the evaluator: greedy episodes with each new parameter version, reported to the learner."""
+    """Run the evaluator: deterministic episodes with each new parameter version, reported to the learner."""
     _serve("evaluator", learner, metrics_port, log_level)

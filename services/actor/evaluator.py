@@ -1,4 +1,4 @@
-"""The evaluator: a parameter-pull client playing greedy episodes with each new version, reporting them."""
+"""The evaluator: a parameter-pull client playing deterministic episodes with each new version."""
 
 from __future__ import annotations
 
@@ -14,11 +14,10 @@ import numpy as np
 import torch
 
 from apexrl.learner.v1 import learner_pb2
-from services.actor.actor import build_network, make_spec_environment
+from services.actor.actor import build_policy, make_spec_environment
 from services.actor.learner_client import LearnerClient, NotRegisteredError, Parameters
 from services.actor.metrics import EvaluatorMetrics
-from services.actor.policy import greedy_actions
-from services.common.networks import QNetwork
+from services.algorithms.interface import ActingPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -28,14 +27,16 @@ _HEARTBEAT_INTERVAL_S = 10.0
 _EVALUATION_SEED_OFFSET = 1_000_000
 
 
-def play_greedy_episodes(
-    network: QNetwork,
+def play_deterministic_episodes(
+    policy: ActingPolicy,
     environments: Sequence[gym.Env[Any, Any]],
     seed: int,
     stop: threading.Event | None = None,
     on_step: Callable[[], None] | None = None,
 ) -> list[float]:
-    """Undiscounted returns of one greedy episode per environment (environment i seeded ``seed + i``).
+    """Undiscounted returns of one episode per environment (environment i seeded ``seed + i``).
+
+    The policy acts deterministically: greedy (Ape-X DQN), without noise (TD3), its mean (SAC).
 
     The episodes run in lockstep, so each step is one forward pass over the episodes
     still running; ``on_step`` is called after each. Returns an empty list if ``stop``
@@ -47,9 +48,9 @@ def play_greedy_episodes(
     while running:
         if stop is not None and stop.is_set():
             return []
-        actions = greedy_actions(network, np.stack([observations[i] for i in running]))
+        actions = policy.act_deterministic(np.stack([observations[i] for i in running]))
         still_running = []
-        for i, action in zip(running, actions.tolist(), strict=True):
+        for i, action in zip(running, actions, strict=True):
             observations[i], reward, terminated, truncated, _ = environments[i].step(action)
             returns[i] += float(reward)
             if not (terminated or truncated):
@@ -89,7 +90,7 @@ class Evaluator:
         registration = self._learner.register(learner_pb2.CLIENT_ROLE_EVALUATOR, self._client_name, stop)
         if registration is None:
             return
-        network, environment = build_network(registration.spec)
+        policy, environment = build_policy(registration.spec)
         settings = registration.evaluation_settings
         environments = [environment] + [
             make_spec_environment(registration.spec) for _ in range(settings.episodes - 1)
@@ -113,10 +114,10 @@ class Evaluator:
             if parameters is None:
                 stop.wait(0.2)
                 continue
-            network.load_state_dict(parameters.state_dict)
+            policy.load_parameters(parameters.state_dict)
             version = parameters.version
             beat = self._heartbeat(version)
-            returns = play_greedy_episodes(network, environments, seed, stop, beat)
+            returns = play_deterministic_episodes(policy, environments, seed, stop, beat)
             if len(returns) == settings.episodes:
                 self._report(version, returns)
             self._wait(settings.interval_s, stop, beat)

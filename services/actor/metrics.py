@@ -23,7 +23,11 @@ class ActorMetrics:
         self.parameter_lag = Gauge(
             "apexrl_actor_parameter_lag", "Versions the actor was behind at its last pull.", registry=registry
         )
-        self.epsilon = Gauge("apexrl_actor_epsilon", "Exploration epsilon of this actor.", registry=registry)
+        self.exploration = Gauge(
+            "apexrl_actor_exploration",
+            "This actor's exploration setting: epsilon (Ape-X DQN), noise scale (TD3) or temperature (SAC).",
+            registry=registry,
+        )
 
 
 class EvaluatorMetrics:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -20,6 +20,8 @@ class StrictModel(BaseModel):
     """Base of every settings model: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Fields holding a discriminated union, whose tag errors leave out of the path they name.
+    tagged_unions: ClassVar[frozenset[str]] = frozenset()
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -64,14 +66,27 @@ def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
     return {key: _deep_copy(value) if isinstance(value, Mapping) else value for key, value in data.items()}
 
 
-def format_validation_error(error: ValidationError, source: str) -> str:
+def _field_path(location: tuple[int | str, ...], tagged_unions: frozenset[str]) -> str:
+    """``section.key`` of an error; a tagged union's tag (``algorithm.td3.x``) is left out."""
+    parts = list(location)
+    if len(parts) > 1 and parts[0] in tagged_unions:
+        del parts[1]
+    return ".".join(str(part) for part in parts) or "(top level)"
+
+
+def format_validation_error(error: ValidationError, source: str, tagged_unions: frozenset[str]) -> str:
     lines = [f"invalid configuration ({source}):"]
     for issue in error.errors():
-        field = ".".join(str(part) for part in issue["loc"]) or "(top level)"
-        message = issue["msg"]
+        field = _field_path(issue["loc"], tagged_unions)
+        message, detail = issue["msg"], f", got {issue.get('input')!r}"
         if issue["type"] == "extra_forbidden":
-            message = "unknown key (not a setting; check the spelling)"
-        detail = f", got {issue['input']!r}" if issue["type"] not in ("missing", "extra_forbidden") else ""
+            message, detail = "unknown key (not a setting; check the spelling)", ""
+        elif issue["type"] == "missing":
+            detail = ""
+        elif issue["type"] == "union_tag_invalid":
+            context = issue.get("ctx", {})
+            message = f"unknown name {context.get('tag')!r}; expected one of {context.get('expected_tags')}"
+            detail = ""
         lines.append(f"  {field}: {message}{detail}")
     return "\n".join(lines)
 
@@ -81,7 +96,8 @@ def validate(model: type[M], data: Mapping[str, Any], source: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error, source)) from None
+        tagged_unions: frozenset[str] = getattr(model, "tagged_unions", frozenset())
+        raise ConfigError(format_validation_error(error, source, tagged_unions)) from None
 
 
 def load_config(model: type[M], path: Path | None, overrides: Sequence[str] = ()) -> M:

@@ -1,13 +1,15 @@
-"""Creating the experiment's gymnasium environment the same way in learner, actors and evaluator."""
+"""Creating the experiment's gymnasium environment the same way everywhere, and describing its spaces."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.wrappers import FrameStackObservation, TransformObservation
+from numpy.typing import NDArray
 
 
 def make_environment(
@@ -32,16 +34,64 @@ def make_environment(
     return environment
 
 
-def discrete_action_count(environment: gym.Env[Any, Any]) -> int:
-    """Number of actions of a discrete action space; ValueError for other spaces."""
-    space = environment.action_space
-    if not isinstance(space, gym.spaces.Discrete):
-        raise ValueError(f"Ape-X DQN needs a discrete action space, got {space}")
-    return int(space.n)
+@dataclass(frozen=True)
+class DiscreteActions:
+    """``Discrete(count)``: actions are the integers 0 .. count - 1."""
+
+    count: int
 
 
-def observation_shape(environment: gym.Env[Any, Any]) -> tuple[int, ...]:
-    space = environment.observation_space
-    if space.shape is None:
-        raise ValueError(f"observation space {space} has no shape")
-    return tuple(space.shape)
+@dataclass(frozen=True, eq=False)
+class BoxActions:
+    """``Box(low, high)``: real-valued actions, each dimension within its finite bounds."""
+
+    low: NDArray[np.float32]
+    high: NDArray[np.float32]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.low.shape)
+
+
+ActionSpace = DiscreteActions | BoxActions
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """What learner and actors must agree on about an environment: its observations and actions."""
+
+    observation_shape: tuple[int, ...]
+    observation_dtype: np.dtype[Any]
+    actions: ActionSpace
+
+
+def _action_space(space: gym.Space[Any]) -> ActionSpace:
+    if isinstance(space, gym.spaces.Discrete):
+        return DiscreteActions(int(space.n))
+    if isinstance(space, gym.spaces.Box):
+        low, high = space.low.astype(np.float32), space.high.astype(np.float32)
+        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(low < high)):
+            raise ValueError(f"a Box action space needs finite bounds with low < high, got {space}")
+        return BoxActions(low, high)
+    raise ValueError(f"unsupported action space {space}: only Discrete(n) and Box(low, high) are")
+
+
+def environment_spec(environment: gym.Env[Any, Any]) -> EnvironmentSpec:
+    """The spec of a created environment; ValueError for spaces apexrl cannot train on."""
+    observations = environment.observation_space
+    if observations.shape is None or observations.dtype is None:
+        raise ValueError(f"observation space {observations} has no shape or dtype")
+    return EnvironmentSpec(
+        tuple(observations.shape), np.dtype(observations.dtype), _action_space(environment.action_space)
+    )
+
+
+def describe_environment(
+    environment_id: str, options: Mapping[str, Any], frame_stack: int = 1
+) -> EnvironmentSpec:
+    """Creates the environment once to read its spec, then closes it."""
+    environment = make_environment(environment_id, options, frame_stack)
+    try:
+        return environment_spec(environment)
+    finally:
+        environment.close()

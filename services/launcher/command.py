@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from services.algorithms.experiment import load_experiment
 from services.common.config import ConfigError
-from services.common.experiment import load_experiment
 from services.common.signals import install_stop_handlers
 from services.launcher.progress_view import ProgressView
 

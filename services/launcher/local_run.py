@@ -16,8 +16,8 @@ import grpc
 import yaml
 
 from apexrl.learner.v1 import learner_pb2, learner_pb2_grpc
+from services.algorithms.experiment import ExperimentConfig
 from services.common.channels import create_channel
-from services.common.experiment import ExperimentConfig
 from services.launcher.children import Child
 from services.launcher.ports import pick_free_ports
 from services.launcher.progress_view import ProgressView, status_row

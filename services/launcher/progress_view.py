@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
 from apexrl.learner.v1 import learner_pb2
-from services.common.experiment import ExperimentConfig
+from services.algorithms.experiment import ExperimentConfig
 
 
 def _duration(seconds: float) -> str:

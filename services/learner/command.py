@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
+from services.algorithms.experiment import load_experiment
 from services.common.config import ConfigError
-from services.common.experiment import load_experiment
 from services.common.logs import configure_logging
 from services.common.signals import exit_without_teardown, install_stop_handlers, wait_until_stopped
 
@@ -49,7 +49,7 @@ def learner_command(
     ] = None,
     log_level: Annotated[str, typer.Option(envvar="APEXRL_LOG_LEVEL", help="Logging level.")] = "INFO",
 ) -> None:
-    """Run the learner: sample the shards, train Ape-X DQN, publish parameters."""
+    """Run the learner: sample the shards, train the experiment's algorithm, publish parameters."""
     configure_logging("learner", log_level)
     # Handlers first: a SIGTERM right after the start-up line must still drain cleanly.
     stop = install_stop_handlers()

@@ -126,11 +126,16 @@ class SlotLayout:
 
 @dataclass(frozen=True)
 class FeedBatch:
-    """One prioritized batch, valid until :meth:`ReplayFeed.release` hands its slot back."""
+    """One prioritized batch, valid until :meth:`ReplayFeed.release` hands its slot back.
+
+    ``generation`` counts feed processes: a batch of a process that has since been
+    replaced names a slot of the old mapping, so its release is ignored.
+    """
 
     slot: int
     columns: dict[str, NDArray[Any]]
     importance_weights: NDArray[np.float32]
+    generation: int
 
 
 class ReplayFeed:
@@ -138,7 +143,8 @@ class ReplayFeed:
 
     One thread calls :meth:`get` and :meth:`release`; the statistics may be read from
     any thread. A feed process that dies is started again (its batches in flight are
-    lost, nothing else); one that keeps dying raises RuntimeError from :meth:`get`.
+    lost, nothing else); one that dies ``_MAX_RESTARTS`` times in a row, before handing
+    out a batch, raises RuntimeError from :meth:`get`.
     The feed holds ``max(slots, 2 * batches_per_request)`` batches: one request's worth
     being trained on while the next is drawn.
     """
@@ -177,7 +183,8 @@ class ReplayFeed:
         self._batches: list[FeedBatch] = []  # one per slot, over the shared mapping
         self._priorities: list[NDArray[np.float64]] = []  # each slot's priorities, written back
         self._process: subprocess.Popen[bytes] | None = None
-        self._restarts = 0
+        self._restarts = 0  # since the last batch handed out
+        self._generation = 0
 
     def start(self) -> ReplayFeed:
         self._launch()
@@ -185,6 +192,7 @@ class ReplayFeed:
 
     def _launch(self) -> None:
         self._close_slots()
+        self._generation += 1
         self._slots_fd = _shared_file("apexrl-feed-slots")
         command = [
             sys.executable,
@@ -251,6 +259,7 @@ class ReplayFeed:
                     continue
                 self._map_slots(SlotLayout.from_json(layout))
                 continue
+            self._restarts = 0
             return self._batches[int(value)]
 
     def _map_slots(self, layout: SlotLayout) -> None:
@@ -258,7 +267,7 @@ class ReplayFeed:
         for slot in range(layout.slots):
             views = layout.views(self._slots_map, slot)
             columns = {name: array for name, array in views.items() if not name.startswith("#")}
-            self._batches.append(FeedBatch(slot, columns, views[_WEIGHTS]))
+            self._batches.append(FeedBatch(slot, columns, views[_WEIGHTS], self._generation))
             self._priorities.append(views[_PRIORITIES])
 
     def _relaunch(self) -> None:
@@ -266,7 +275,9 @@ class ReplayFeed:
         code = self._process.wait()
         self._restarts += 1
         if self._restarts > _MAX_RESTARTS:
-            raise RuntimeError(f"the replay feed process keeps exiting (exit code {code})")
+            raise RuntimeError(
+                f"the replay feed process exited {self._restarts} times in a row (exit code {code})"
+            )
         logger.warning("replay feed process exited code=%s; starting it again", code)
         self._launch()
 
@@ -274,8 +285,8 @@ class ReplayFeed:
         """Hands the slot back with its items' new priorities; sets beta for the batches drawn next."""
         self._importance_exponent = importance_exponent
         process = self._process
-        if batch.slot >= len(self._priorities) or process is None or process.stdin is None:
-            return
+        if batch.generation != self._generation or process is None or process.stdin is None:
+            return  # a batch of a feed process since replaced: its slot is gone
         self._priorities[batch.slot][:] = priorities
         try:
             process.stdin.write(_RELEASE.pack(batch.slot, importance_exponent))

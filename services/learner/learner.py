@@ -13,14 +13,16 @@ import yaml
 from safetensors.numpy import save_file
 
 from apexrl.learner.v1 import learner_pb2, learner_pb2_grpc
+from services.algorithms.experiment import ExperimentConfig
+from services.algorithms.families import family_named
+from services.algorithms.interface import LearnerCore
 from services.common import tensor_codec
 from services.common.atomic_files import write_atomically
-from services.common.environments import discrete_action_count, make_environment, observation_shape
-from services.common.experiment import ExperimentConfig
+from services.common.environments import describe_environment
 from services.common.http_endpoint import HttpEndpoint
 from services.common.serving import MIB, RunningServer, ServerSettings, start_server
 from services.learner.checkpoint import TrainingCounters, latest_checkpoint, save_checkpoint
-from services.learner.dqn import DqnLearner, resolve_device
+from services.learner.device import resolve_device
 from services.learner.feed_process import ReplayFeed
 from services.learner.metrics import LearnerMetrics
 from services.learner.parameter_store import ParameterStore
@@ -77,13 +79,12 @@ class Learner:
         settings.run_dir.mkdir(parents=True, exist_ok=True)
         (settings.run_dir / "config.yaml").write_text(config_yaml(config), encoding="utf-8")
         self._checkpoint_lock = threading.Lock()
-        self.dqn, counters = self._restore_or_create()
+        self.family = family_named(config.algorithm.name)
+        self.core, counters = self._restore_or_create()
         self.store = ParameterStore(first_version=counters.parameter_version)
-        self.store.publish(self.dqn.online.state_dict())
-        exploration = config.algorithm.exploration
+        self.store.publish(self.core.actor_parameters(), self.core.policy_parameters(), self.core.updates)
         self.registry = ActorRegistry(
-            exploration.base_epsilon,
-            exploration.exponent,
+            lambda rung: self.family.exploration(config.algorithm, rung),
             expiry_s=settings.client_expiry_s,
             base_environment_steps=counters.environment_steps,
             first_actor_id=counters.next_actor_id,
@@ -95,14 +96,14 @@ class Learner:
         self.feed = ReplayFeed(
             addresses,
             config.algorithm.batch_size,
-            self.dqn.importance_exponent(),
+            self.core.importance_exponent(),
             config.algorithm.min_replay_size,
             seed=config.general.seed,
             batches_per_request=config.algorithm.batches_per_sample_request,
         ).start()
         self.trainer = Trainer(
             config,
-            self.dqn,
+            self.core,
             self.feed,
             self.store,
             self.registry,
@@ -121,29 +122,34 @@ class Learner:
             self._http.start()
         self.trainer.start()
 
-    def _restore_or_create(self) -> tuple[DqnLearner, TrainingCounters]:
+    def _restore_or_create(self) -> tuple[LearnerCore, TrainingCounters]:
         config = self.config
-        environment = make_environment(
+        environment = describe_environment(
             config.environment.id, config.environment.options, config.environment.frame_stack
         )
-        shape, actions = observation_shape(environment), discrete_action_count(environment)
-        environment.close()
+        self.family.check_environment(environment)
         device = resolve_device(config.general.device)
         torch.set_num_threads(config.general.learner_threads)
-        dqn = DqnLearner(config.algorithm, shape, actions, device, seed=config.general.seed)
+        core = self.family.make_learner(config.algorithm, environment, device, config.general.seed)
         restored = latest_checkpoint(self.checkpoint_dir)
         if restored is None:
-            logger.info("starting fresh device=%s observation_shape=%s actions=%d", device, shape, actions)
-            return dqn, TrainingCounters()
+            logger.info(
+                "starting fresh algorithm=%s device=%s observation_shape=%s actions=%s",
+                self.family.name,
+                device,
+                environment.observation_shape,
+                environment.actions,
+            )
+            return core, TrainingCounters()
         tensors, counters, _ = restored
-        dqn.load_state_tensors(tensors, counters.updates)
+        core.load_state_tensors(tensors, counters.updates)
         logger.info(
             "resumed from checkpoint updates=%d version=%d environment_steps=%d",
             counters.updates,
             counters.parameter_version,
             counters.environment_steps,
         )
-        return dqn, counters
+        return core, counters
 
     def _start_server(self, addresses: list[str]) -> RunningServer:
         servicer = LearnerServicer(
@@ -186,7 +192,7 @@ class Learner:
 
     def counters(self) -> TrainingCounters:
         return TrainingCounters(
-            updates=self.dqn.updates,
+            updates=self.core.updates,
             parameter_version=self.store.version,
             environment_steps=self.registry.environment_steps(),
             elapsed_s=self.progress.elapsed_s(),
@@ -198,9 +204,9 @@ class Learner:
         """Called by the training thread, or after it stopped, so the networks are not mid-update."""
         with self._checkpoint_lock:
             path = save_checkpoint(
-                self.checkpoint_dir, self.dqn.state_tensors(), self.counters(), config_yaml(self.config)
+                self.checkpoint_dir, self.core.state_tensors(), self.counters(), config_yaml(self.config)
             )
-        logger.info("checkpoint saved path=%s updates=%d", path, self.dqn.updates)
+        logger.info("checkpoint saved path=%s updates=%d", path, self.core.updates)
 
     def save_best(self, version: int) -> None:
         """Saves the parameters of ``version`` as the run's best model."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from services.learner.exploration import ExplorationLadder, ladder_epsilon
+from services.algorithms.interface import ExplorationSetting
+from services.learner.exploration import ExplorationLadder
 
 
 class UnknownActorError(LookupError):
@@ -19,7 +21,7 @@ class ActorRecord:
     role: str
     client_name: str
     rung: int | None
-    epsilon: float
+    exploration: ExplorationSetting | None  # None: acts deterministically (evaluators, observers)
     environment_steps: int = 0
     episodes: int = 0
     last_episode_return: float = float("nan")
@@ -36,16 +38,14 @@ class ActorRegistry:
 
     def __init__(
         self,
-        base_epsilon: float,
-        exponent: float,
+        exploration: Callable[[int], ExplorationSetting],
         expiry_s: float = 30.0,
         base_environment_steps: int = 0,
         first_actor_id: int = 1,
     ) -> None:
         self._lock = threading.Lock()
         self._ladder = ExplorationLadder()
-        self._base_epsilon = base_epsilon
-        self._exponent = exponent
+        self._exploration = exploration
         self._expiry_s = expiry_s
         self._actors: dict[int, ActorRecord] = {}
         self._departed_steps = base_environment_steps
@@ -55,8 +55,8 @@ class ActorRegistry:
         with self._lock:
             self._expire_locked()
             rung = self._ladder.acquire() if role == "actor" else None
-            epsilon = 0.0 if rung is None else ladder_epsilon(rung, self._base_epsilon, self._exponent)
-            record = ActorRecord(self._next_id, role, client_name, rung, epsilon)
+            setting = None if rung is None else self._exploration(rung)
+            record = ActorRecord(self._next_id, role, client_name, rung, setting)
             self._actors[record.actor_id] = record
             self._next_id += 1
             return record

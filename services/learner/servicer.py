@@ -10,7 +10,8 @@ from typing import NoReturn
 import grpc
 
 from apexrl.learner.v1 import learner_pb2, learner_pb2_grpc
-from services.common.experiment import ExperimentConfig, actor_settings, experiment_spec
+from services.algorithms.experiment import ExperimentConfig, actor_settings, experiment_spec
+from services.algorithms.wire import exploration_to_wire
 from services.learner.parameter_store import ParameterStore
 from services.learner.progress import Evaluation, Progress
 from services.learner.registry import ActorRecord, ActorRegistry, UnknownActorError
@@ -38,6 +39,10 @@ def _evaluation(evaluation: Evaluation | None) -> learner_pb2.Evaluation | None:
         episodes=evaluation.episodes,
         updates=evaluation.updates,
     )
+
+
+def _policy_only(parameter_set: learner_pb2.ParameterSet.ValueType) -> bool:
+    return parameter_set == learner_pb2.PARAMETER_SET_POLICY
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -79,12 +84,12 @@ class LearnerServicer(learner_pb2_grpc.LearnerServiceServicer):
             )
         record = self._registry.register(role, request.client_name)
         logger.info(
-            "registered actor_id=%d role=%s name=%s rung=%s epsilon=%.4g",
+            "registered actor_id=%d role=%s name=%s rung=%s exploration=%s",
             record.actor_id,
             role,
             request.client_name,
             record.rung,
-            record.epsilon,
+            record.exploration,
         )
         general = self._config.general
         return learner_pb2.RegisterActorResponse(
@@ -101,7 +106,7 @@ class LearnerServicer(learner_pb2_grpc.LearnerServiceServicer):
 
     @staticmethod
     def _exploration(record: ActorRecord) -> learner_pb2.Exploration:
-        return learner_pb2.Exploration(rung=record.rung or 0, epsilon=record.epsilon)
+        return exploration_to_wire(record.exploration, record.rung)
 
     def GetParameters(
         self, request: learner_pb2.GetParametersRequest, context: grpc.ServicerContext
@@ -118,7 +123,7 @@ class LearnerServicer(learner_pb2_grpc.LearnerServiceServicer):
                 )
             except UnknownActorError as error:
                 _abort(context, grpc.StatusCode.NOT_FOUND, str(error))
-        version, parameters = self._store.latest()
+        version, parameters = self._store.latest(_policy_only(request.parameter_set))
         if parameters is None:
             _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "no parameters published yet")
         if request.known_version == version:
@@ -129,8 +134,9 @@ class LearnerServicer(learner_pb2_grpc.LearnerServiceServicer):
         self, request: learner_pb2.WatchParametersRequest, context: grpc.ServicerContext
     ) -> Iterator[learner_pb2.WatchParametersResponse]:
         known = request.known_version
+        policy_only = _policy_only(request.parameter_set)
         while context.is_active() and not self._store.closed:
-            version, parameters = self._store.wait_newer(known, _WATCH_POLL_S)
+            version, parameters = self._store.wait_newer(known, _WATCH_POLL_S, policy_only)
             if parameters is not None and version > known:
                 known = version
                 yield learner_pb2.WatchParametersResponse(version=version, parameters=parameters)
@@ -187,8 +193,10 @@ class LearnerServicer(learner_pb2_grpc.LearnerServiceServicer):
                 f"parameter_version {request.parameter_version} was never published "
                 f"(latest {self._store.version})",
             )
+        # The updates behind the evaluated version, not those made while it was evaluated.
+        updates = self._store.updates_of(request.parameter_version)
         new_best = self._progress.record_evaluation(
-            request.parameter_version, returns, self._snapshot().updates
+            request.parameter_version, returns, self._snapshot().updates if updates is None else updates
         )
         latest = self._progress.latest
         assert latest is not None

@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.common.experiment import ExperimentConfig
-from services.learner.dqn import DqnLearner
+from services.algorithms.experiment import ExperimentConfig
+from services.algorithms.interface import LearnerCore
 from services.learner.feed_process import ReplayFeed
 from services.learner.metrics import LearnerMetrics
 from services.learner.parameter_store import ParameterStore
@@ -40,7 +40,7 @@ class Trainer:
     def __init__(
         self,
         config: ExperimentConfig,
-        learner: DqnLearner,
+        learner: LearnerCore,
         feed: ReplayFeed,
         store: ParameterStore,
         registry: ActorRegistry,
@@ -84,14 +84,16 @@ class Trainer:
         next_log = next_checkpoint = time.monotonic()
         next_checkpoint += general.checkpoint_interval_s
         while not self._stop.is_set():
-            if not self.finished:
+            if self.finished:
+                # Nothing left to train (the learner only serves now): sleep until the next
+                # row or checkpoint is due instead of spinning.
+                self._stop.wait(max(0.0, min(next_log, next_checkpoint) - time.monotonic()))
+            else:
                 self._train_once()
             now = time.monotonic()
             if now >= next_log:
                 next_log = now + general.log_interval_s
                 self._refresh_snapshot()
-                if self.finished and self._stop.wait(0.05):
-                    break
             if now >= next_checkpoint:
                 next_checkpoint = now + general.checkpoint_interval_s
                 self._save_checkpoint()
@@ -108,7 +110,8 @@ class Trainer:
         self.snapshot.loss = result.loss
         self._metrics.updates.inc()
         if self._learner.updates % self._config.algorithm.parameter_publish_interval == 0:
-            self._store.publish(self._learner.online.state_dict())
+            learner = self._learner
+            self._store.publish(learner.actor_parameters(), learner.policy_parameters(), learner.updates)
 
     def _refresh_snapshot(self) -> None:
         """Recomputes rates and totals, checks the budget, exports metrics and logs a row."""

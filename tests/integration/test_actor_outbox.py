@@ -13,7 +13,9 @@ from numpy.typing import NDArray
 
 from services.actor.actor import Outbox
 from services.actor.metrics import ActorMetrics
-from services.common.networks import NetworkSpec, QNetwork, build_q_network
+from services.algorithms.apex_dqn.acting import DqnPolicy
+from services.algorithms.apex_dqn.config import DqnNetworkConfig
+from services.algorithms.apex_dqn.networks import QNetwork
 from services.common.sharded_replay import ShardedReplayClient
 from services.launcher.ports import pick_free_ports
 from services.replay.shard import ReplayShard
@@ -21,10 +23,10 @@ from tests.integration.conftest import ShardFactory, transitions
 
 
 @pytest.fixture
-def network() -> QNetwork:
+def network() -> DqnPolicy:
     """Enough actions for ``transitions``, whose action is the transition's index (below 128 here)."""
     torch.manual_seed(0)
-    return build_q_network(NetworkSpec(kind="mlp", hidden_sizes=(16,), dueling=True), (4,), 128)
+    return DqnPolicy(QNetwork(DqnNetworkConfig(kind="mlp", hidden_sizes=(16,), dueling=True), (4,), 128))
 
 
 @pytest.fixture
@@ -51,7 +53,7 @@ def wait_until_ready(outbox: Outbox, timeout_s: float = 30.0) -> None:
 
 
 def test_batches_alternate_over_shards_and_are_counted_once_accepted(
-    start_shard: ShardFactory, network: QNetwork, sender: ThreadPoolExecutor
+    start_shard: ShardFactory, network: DqnPolicy, sender: ThreadPoolExecutor
 ) -> None:
     shards = [start_shard(capacity=1000) for _ in range(2)]
     replay = ShardedReplayClient([shard.address for shard in shards], seed=0)
@@ -69,7 +71,7 @@ def test_batches_alternate_over_shards_and_are_counted_once_accepted(
 
 
 def test_transitions_held_while_no_shard_accepts_arrive_once_one_is_back(
-    start_shard: ShardFactory, network: QNetwork, sender: ThreadPoolExecutor
+    start_shard: ShardFactory, network: DqnPolicy, sender: ThreadPoolExecutor
 ) -> None:
     # Below the ephemeral range, so no outgoing connection takes the port while the shard is down.
     (port,) = pick_free_ports(1)
@@ -98,7 +100,7 @@ def test_transitions_held_while_no_shard_accepts_arrive_once_one_is_back(
 
 
 def test_a_batch_that_does_not_fill_leaves_after_the_hold_time(
-    start_shard: ShardFactory, network: QNetwork, sender: ThreadPoolExecutor
+    start_shard: ShardFactory, network: DqnPolicy, sender: ThreadPoolExecutor
 ) -> None:
     shard = start_shard(capacity=1000)
     replay = ShardedReplayClient([shard.address], seed=0)
@@ -131,7 +133,7 @@ class RecordingReplayClient(ShardedReplayClient):
 
 
 def test_a_backlog_kept_through_an_outage_drains_in_batches_of_the_usual_size(
-    start_shard: ShardFactory, network: QNetwork, sender: ThreadPoolExecutor
+    start_shard: ShardFactory, network: DqnPolicy, sender: ThreadPoolExecutor
 ) -> None:
     (port,) = pick_free_ports(1)  # below the ephemeral range: see above
     shard = start_shard(capacity=1000, port=port)

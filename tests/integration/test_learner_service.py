@@ -75,7 +75,8 @@ def test_a_watch_pushes_the_current_version_then_each_new_one(
 ) -> None:
     stream = stub.WatchParameters(learner_pb2.WatchParametersRequest(known_version=0), timeout=TIMEOUT_S)
     first = next(stream)
-    published = learner.store.publish(learner.dqn.online.state_dict())
+    core = learner.core
+    published = learner.store.publish(core.actor_parameters(), core.policy_parameters(), core.updates)
     second = next(stream)
     assert second.version == published > first.version
     assert set(second.parameters.tensors) == set(first.parameters.tensors)

@@ -63,7 +63,8 @@ def test_a_watch_from_a_client_ahead_of_the_learner_pushes_each_new_version(
 
     def publish_until_stopped() -> None:
         while not stop.wait(0.2):
-            learner.store.publish(learner.dqn.online.state_dict())
+            core = learner.core
+            learner.store.publish(core.actor_parameters(), core.policy_parameters(), core.updates)
 
     publisher = threading.Thread(target=publish_until_stopped, daemon=True)
     publisher.start()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from services.actor.actor import Actor
 from services.actor.learner_client import LearnerClient
 from services.actor.metrics import ActorMetrics
-from services.common.experiment import ExperimentConfig, load_experiment
+from services.algorithms.experiment import ExperimentConfig, load_experiment
 
 SMALL = (
     "general.device=cpu",

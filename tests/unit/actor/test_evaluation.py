@@ -8,14 +8,15 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from services.actor.evaluator import play_greedy_episodes
-from services.actor.policy import greedy_actions
-from services.common.networks import NetworkSpec, QNetwork, build_q_network
+from services.actor.evaluator import play_deterministic_episodes
+from services.algorithms.apex_dqn.acting import DqnPolicy, greedy_actions
+from services.algorithms.apex_dqn.config import DqnNetworkConfig
+from services.algorithms.apex_dqn.networks import QNetwork
 
 
 def network(seed: int) -> QNetwork:
     torch.manual_seed(seed)
-    q_network = build_q_network(NetworkSpec(kind="mlp", hidden_sizes=(16,), dueling=True), (4,), 2)
+    q_network = QNetwork(DqnNetworkConfig(kind="mlp", hidden_sizes=(16,), dueling=True), (4,), 2)
     q_network.eval()
     return q_network
 
@@ -39,7 +40,7 @@ def test_lockstep_returns_equal_episodes_played_one_at_a_time() -> None:
     for seed in range(3):
         q_network = network(seed)
         environments = [gym.make("CartPole-v1") for _ in range(6)]
-        lockstep = play_greedy_episodes(q_network, environments, seed=100 * seed)
+        lockstep = play_deterministic_episodes(DqnPolicy(q_network), environments, seed=100 * seed)
         assert lockstep == one_at_a_time(q_network, 6, seed=100 * seed)
         # Episodes of different lengths, so the lockstep loop really drops finished ones.
         assert len(set(lockstep)) > 1
@@ -49,5 +50,5 @@ def test_a_stop_request_returns_no_partial_evaluation() -> None:
     stop = threading.Event()
     stop.set()
     environments = [gym.make("CartPole-v1") for _ in range(3)]
-    assert play_greedy_episodes(network(0), environments, seed=0, stop=stop) == []
-    assert np.isfinite(play_greedy_episodes(network(0), environments, seed=0)).all()
+    assert play_deterministic_episodes(DqnPolicy(network(0)), environments, seed=0, stop=stop) == []
+    assert np.isfinite(play_deterministic_episodes(DqnPolicy(network(0)), environments, seed=0)).all()

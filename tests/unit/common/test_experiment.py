@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from apexrl.learner.v1 import learner_pb2
+from services.algorithms.experiment import experiment_spec, load_experiment
 from services.common.config import ConfigError
-from services.common.experiment import experiment_spec, load_experiment
 
 
 @pytest.mark.parametrize("preset", ["cartpole", "acrobot"])
@@ -32,7 +32,10 @@ def test_overrides_reach_nested_sections_with_types() -> None:
         ("algorithm.discount=1.5", "algorithm.discount: Input should be less than or equal to 1"),
         ("algorithm.learning_rte=0.1", "algorithm.learning_rte: unknown key"),
         ("environment.frame_stack=0", "environment.frame_stack: Input should be greater than or equal to 1"),
-        ("algorithm.network.hidden_sizes=[0]", "hidden_sizes must all be >= 1"),
+        (
+            "algorithm.network.hidden_sizes=[0]",
+            "algorithm.network.hidden_sizes.0: Input should be greater than or equal to 1",
+        ),
     ],
 )
 def test_invalid_values_name_the_field_and_the_allowed_values(override: str, message: str) -> None:

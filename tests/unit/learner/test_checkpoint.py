@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from services.common.experiment import load_experiment
+from services.algorithms.apex_dqn.learning import DqnLearner
+from services.algorithms.experiment import load_experiment
 from services.learner.checkpoint import TrainingCounters, checkpoints, latest_checkpoint, save_checkpoint
-from services.learner.dqn import DqnLearner
 
 
 def batch(seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:

@@ -1,11 +1,18 @@
-"""The exploration ladder spreads epsilons for any number of actors."""
+"""The exploration ladder spreads settings for any number of actors, and rungs are reused lowest first."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from services.learner.exploration import ExplorationLadder, ladder_epsilon, van_der_corput
+from services.algorithms.apex_dqn.config import EpsilonLadderConfig
+from services.algorithms.apex_dqn.family import ladder_epsilon as dqn_ladder_epsilon
+from services.algorithms.ladder import log_ladder, van_der_corput
+from services.learner.exploration import ExplorationLadder
+
+
+def ladder_epsilon(rung: int, base_epsilon: float = 0.4, exponent: float = 7.0) -> float:
+    return dqn_ladder_epsilon(rung, EpsilonLadderConfig(base_epsilon=base_epsilon, exponent=exponent))
 
 
 def test_the_van_der_corput_sequence_halves_the_gaps() -> None:
@@ -27,6 +34,15 @@ def test_the_first_rungs_match_the_formula() -> None:
     assert ladder_epsilon(0) == pytest.approx(0.4)
     assert ladder_epsilon(1) == pytest.approx(0.4**4.5)
     assert ladder_epsilon(2, base_epsilon=0.5, exponent=4.0) == pytest.approx(0.5**2.0)
+
+
+def test_a_log_ladder_starts_at_its_highest_value_and_stays_within_its_range() -> None:
+    values = [log_ladder(rung, highest=0.3, lowest=0.05) for rung in range(16)]
+    assert values[0] == pytest.approx(0.3)
+    assert values[1] == pytest.approx((0.3 * 0.05) ** 0.5)  # halfway in log scale
+    assert all(0.05 < value <= 0.3 for value in values)
+    with pytest.raises(ValueError, match="0 < lowest <= highest"):
+        log_ladder(0, highest=0.1, lowest=0.2)
 
 
 def test_freed_rungs_are_reused_lowest_first_so_the_occupied_rungs_stay_a_prefix() -> None:

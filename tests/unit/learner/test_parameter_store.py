@@ -17,6 +17,12 @@ def state(value: float) -> dict[str, torch.Tensor]:
     return {"layer.weight": torch.full((2, 3), value), "layer.bias": torch.full((2,), -value)}
 
 
+def publish(store: ParameterStore, value: float) -> int:
+    """A version whose policy is all an actor needs (as for Ape-X DQN), trained by no updates."""
+    parameters = state(value)
+    return store.publish(parameters, parameters, updates=0)
+
+
 def weight(message: tensor_pb2.NamedTensors | None) -> float:
     assert message is not None
     arrays = tensor_codec.decode_named(message)
@@ -51,7 +57,7 @@ def test_the_last_keep_versions_are_held_and_versions_continue_from_the_first() 
     store = ParameterStore(first_version=10, keep_versions=3)
     assert store.latest() == (10, None)
     assert store.get(10) is None
-    published = [store.publish(state(float(value))) for value in range(1, 6)]
+    published = [publish(store, float(value)) for value in range(1, 6)]
     assert published == [11, 12, 13, 14, 15]
     assert store.version == 15
     assert [store.get(version) is None for version in range(10, 17)] == [
@@ -71,8 +77,8 @@ def test_the_last_keep_versions_are_held_and_versions_continue_from_the_first() 
 
 def test_a_wait_for_a_newer_version_returns_at_once_when_one_exists_and_wakes_on_a_publish() -> None:
     store = ParameterStore(keep_versions=4)
-    store.publish(state(1.0))
-    store.publish(state(2.0))
+    publish(store, 1.0)
+    publish(store, 2.0)
     started = time.monotonic()
     version, parameters = store.wait_newer(1, timeout_s=30)
     assert (version, weight(parameters)) == (2, 2.0)
@@ -81,7 +87,7 @@ def test_a_wait_for_a_newer_version_returns_at_once_when_one_exists_and_wakes_on
     waiter = Waiter(store, known=2, timeout_s=60)
     assert waiter.still_waiting_after(0.2)  # version 2 is the caller's: nothing newer yet
     published_at = time.monotonic()
-    store.publish(state(3.0))
+    publish(store, 3.0)
     version, parameters = waiter.join()
     assert (version, weight(parameters)) == (3, 3.0)
     assert waiter.returned_at - published_at < 5  # woken by the publish, not its 60 s timeout
@@ -91,7 +97,7 @@ def test_a_wait_times_out_with_no_parameters_and_close_ends_it() -> None:
     store = ParameterStore()
     started = time.monotonic()
     assert store.wait_newer(0, timeout_s=0.2) == (0, None)  # nothing published yet
-    store.publish(state(1.0))
+    publish(store, 1.0)
     assert store.wait_newer(1, timeout_s=0.2) == (1, None)
     assert time.monotonic() - started >= 0.4
 
@@ -110,12 +116,12 @@ def test_a_caller_ahead_of_the_store_gets_nothing_until_the_store_passes_its_ver
     learner are not newer for it, and it waits until version 8.
     """
     store = ParameterStore(first_version=4, keep_versions=8)
-    store.publish(state(5.0))  # version 5
+    publish(store, 5.0)  # version 5
     assert store.wait_newer(7, timeout_s=0.1) == (5, None)
     waiter = Waiter(store, known=7, timeout_s=60)
-    store.publish(state(6.0))
-    store.publish(state(7.0))
+    publish(store, 6.0)
+    publish(store, 7.0)
     assert waiter.still_waiting_after(0.2)
-    store.publish(state(8.0))
+    publish(store, 8.0)
     version, parameters = waiter.join()
     assert (version, weight(parameters)) == (8, 8.0)

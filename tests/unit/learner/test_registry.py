@@ -6,10 +6,14 @@ import time
 
 import pytest
 
-from services.learner.exploration import ladder_epsilon
+from services.algorithms.interface import ExplorationSetting
 from services.learner.registry import ActorRecord, ActorRegistry, UnknownActorError
 
 EXPIRY_S = 1.0
+
+
+def exploration(rung: int) -> ExplorationSetting:
+    return ExplorationSetting("epsilon", 0.5**rung)
 
 
 def heartbeat(registry: ActorRegistry, record: ActorRecord, steps: int) -> None:
@@ -17,7 +21,7 @@ def heartbeat(registry: ActorRegistry, record: ActorRecord, steps: int) -> None:
 
 
 def test_a_client_silent_for_the_expiry_is_forgotten_frees_its_rung_and_its_steps_still_count() -> None:
-    registry = ActorRegistry(0.4, 7.0, expiry_s=EXPIRY_S, base_environment_steps=100, first_actor_id=5)
+    registry = ActorRegistry(exploration, expiry_s=EXPIRY_S, base_environment_steps=100, first_actor_id=5)
     kept, silent, last = (registry.register("actor", name) for name in ("kept", "silent", "last"))
     evaluator = registry.register("evaluator", "evaluator")
     assert [kept.rung, silent.rung, last.rung, evaluator.rung] == [0, 1, 2, None]
@@ -44,14 +48,14 @@ def test_a_client_silent_for_the_expiry_is_forgotten_frees_its_rung_and_its_step
 
     # The next actor takes the lowest free rung, with a new id.
     joined = registry.register("actor", "joined")
-    assert (joined.actor_id, joined.rung, joined.epsilon) == (9, 1, ladder_epsilon(1, 0.4, 7.0))
+    assert (joined.actor_id, joined.rung, joined.exploration) == (9, 1, exploration(1))
     assert registry.next_actor_id == 10
     heartbeat(registry, joined, 7)
     assert registry.environment_steps() == 100 + 75 + 7
 
 
 def test_a_client_that_keeps_reporting_is_never_forgotten() -> None:
-    registry = ActorRegistry(0.4, 7.0, expiry_s=EXPIRY_S)
+    registry = ActorRegistry(exploration, expiry_s=EXPIRY_S)
     record = registry.register("actor", "steady")
     until = time.monotonic() + 2.5 * EXPIRY_S
     while time.monotonic() < until:

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from services.learner.losses import DqnBatch, double_q_loss, new_priorities
+from services.algorithms.apex_dqn.losses import DqnBatch, double_q_loss
+from services.algorithms.prioritized import priorities_from_td
 
 
 def linear_q(weight: list[list[float]]) -> nn.Linear:
@@ -82,12 +83,7 @@ def test_importance_weights_of_the_wrong_shape_are_rejected_instead_of_broadcast
         )
 
 
-def test_new_priorities_are_absolute_td_errors_plus_epsilon_as_float64() -> None:
-    priorities = new_priorities(torch.tensor([2.0, -0.5, 0.0], requires_grad=True), epsilon=1e-6)
+def test_priorities_are_absolute_td_errors_plus_epsilon_as_float64() -> None:
+    priorities = priorities_from_td(torch.tensor([2.0, -0.5, 0.0], requires_grad=True))
     assert priorities.dtype == np.float64
     np.testing.assert_allclose(priorities, [2.000001, 0.500001, 1e-6], rtol=1e-12)
-
-
-def test_a_non_positive_epsilon_is_rejected() -> None:
-    with pytest.raises(ValueError, match="epsilon must be positive"):
-        new_priorities(torch.tensor([1.0]), epsilon=0.0)

@@ -7,14 +7,22 @@ from typing import Any
 import pytest
 import torch
 
-from services.common.networks import DuelingHead, NatureCnnTorso, NetworkSpec, QNetwork, build_q_network
+from services.algorithms.apex_dqn.config import DqnNetworkConfig
+from services.algorithms.apex_dqn.networks import DuelingHead, QNetwork
+from services.algorithms.torsos import NatureCnnTorso
 
 ATARI_SHAPE = (84, 84, 4)
 
 
-def seeded_network(spec: NetworkSpec, observation_shape: tuple[int, ...], num_actions: int) -> QNetwork:
+def spec(kind: str, hidden_sizes: tuple[int, ...] = (256, 256), dueling: bool = True) -> DqnNetworkConfig:
+    return DqnNetworkConfig.model_validate({"kind": kind, "hidden_sizes": hidden_sizes, "dueling": dueling})
+
+
+def seeded_network(
+    config: DqnNetworkConfig, observation_shape: tuple[int, ...], num_actions: int
+) -> QNetwork:
     torch.manual_seed(0)
-    return build_q_network(spec, observation_shape, num_actions)
+    return QNetwork(config, observation_shape, num_actions)
 
 
 def frames(batch_size: int, seed: int = 1) -> torch.Tensor:
@@ -24,14 +32,14 @@ def frames(batch_size: int, seed: int = 1) -> torch.Tensor:
 
 @pytest.mark.parametrize("dueling", [True, False])
 def test_mlp_maps_a_batch_of_vectors_to_one_float32_q_value_per_action(dueling: bool) -> None:
-    network = seeded_network(NetworkSpec("mlp", (8, 8), dueling), (4,), 3)
+    network = seeded_network(spec("mlp", (8, 8), dueling), (4,), 3)
     q_values = network(torch.randn(2, 4, generator=torch.Generator().manual_seed(1)))
     assert q_values.shape == (2, 3)
     assert q_values.dtype == torch.float32
 
 
 def test_mlp_casts_integer_observations_to_float32() -> None:
-    network = seeded_network(NetworkSpec("mlp", (8,)), (2, 2), 3)
+    network = seeded_network(spec("mlp", (8,)), (2, 2), 3)
     integers = torch.tensor([[[1, 2], [3, 4]], [[0, -1], [5, 7]]], dtype=torch.int64)
     torch.testing.assert_close(network(integers), network(integers.to(torch.float32)))
 
@@ -40,14 +48,14 @@ def test_mlp_casts_integer_observations_to_float32() -> None:
 def test_nature_cnn_maps_uint8_frames_to_one_q_value_per_action(
     hidden_sizes: tuple[int, ...], dueling: bool
 ) -> None:
-    network = seeded_network(NetworkSpec("nature_cnn", hidden_sizes, dueling), ATARI_SHAPE, 6)
+    network = seeded_network(spec("nature_cnn", hidden_sizes, dueling), ATARI_SHAPE, 6)
     q_values = network(frames(2))
     assert q_values.shape == (2, 6)
     assert q_values.dtype == torch.float32
 
 
 def test_nature_cnn_scales_pixels_to_unit_range_and_reads_frames_as_channels() -> None:
-    network = seeded_network(NetworkSpec("nature_cnn", (16,)), ATARI_SHAPE, 2)
+    network = seeded_network(spec("nature_cnn", (16,)), ATARI_SHAPE, 2)
     assert isinstance(network.torso, NatureCnnTorso)
     observations = frames(2)
     # NHWC uint8 -> NCHW in [0, 1]; a reshape instead of a permute would mix frames into rows.
@@ -57,15 +65,15 @@ def test_nature_cnn_scales_pixels_to_unit_range_and_reads_frames_as_channels() -
 
 
 @pytest.mark.parametrize(
-    ("spec", "observation_shape"),
-    [(NetworkSpec("mlp", (8, 8)), (4,)), (NetworkSpec("nature_cnn", (16,)), ATARI_SHAPE)],
+    ("config", "observation_shape"),
+    [(spec("mlp", (8, 8)), (4,)), (spec("nature_cnn", (16,)), ATARI_SHAPE)],
 )
 def test_dueling_q_values_are_value_plus_advantage_minus_mean_advantage(
-    spec: NetworkSpec, observation_shape: tuple[int, ...]
+    config: DqnNetworkConfig, observation_shape: tuple[int, ...]
 ) -> None:
-    network = seeded_network(spec, observation_shape, 5)
+    network = seeded_network(config, observation_shape, 5)
     assert isinstance(network.head, DuelingHead)
-    if spec.kind == "mlp":
+    if config.kind == "mlp":
         observations = torch.randn(3, *observation_shape, generator=torch.Generator().manual_seed(2))
     else:
         observations = frames(3)
@@ -79,7 +87,7 @@ def test_dueling_q_values_are_value_plus_advantage_minus_mean_advantage(
 
 
 def test_parameter_names_are_stable_for_checkpoints() -> None:
-    mlp = seeded_network(NetworkSpec("mlp", (8, 8), dueling=True), (4,), 3)
+    mlp = seeded_network(spec("mlp", (8, 8), dueling=True), (4,), 3)
     assert list(mlp.state_dict()) == [
         "torso.layers.fc1.weight",
         "torso.layers.fc1.bias",
@@ -90,7 +98,7 @@ def test_parameter_names_are_stable_for_checkpoints() -> None:
         "head.advantage.weight",
         "head.advantage.bias",
     ]
-    cnn = seeded_network(NetworkSpec("nature_cnn", (512,), dueling=False), ATARI_SHAPE, 6)
+    cnn = seeded_network(spec("nature_cnn", (512,), dueling=False), ATARI_SHAPE, 6)
     assert {name: tuple(tensor.shape) for name, tensor in cnn.state_dict().items()} == {
         "torso.convs.conv1.weight": (32, 4, 8, 8),
         "torso.convs.conv1.bias": (32,),
@@ -107,11 +115,11 @@ def test_parameter_names_are_stable_for_checkpoints() -> None:
 
 
 def test_networks_built_under_the_same_seed_are_identical_and_other_seeds_differ() -> None:
-    spec = NetworkSpec("mlp", (8, 8))
-    first = seeded_network(spec, (4,), 3).state_dict()
-    second = seeded_network(spec, (4,), 3).state_dict()
+    config = spec("mlp", (8, 8))
+    first = seeded_network(config, (4,), 3).state_dict()
+    second = seeded_network(config, (4,), 3).state_dict()
     torch.manual_seed(1)
-    other = build_q_network(spec, (4,), 3).state_dict()
+    other = QNetwork(config, (4,), 3).state_dict()
     assert first.keys() == second.keys()
     for name in first:
         torch.testing.assert_close(first[name], second[name], rtol=0, atol=0)
@@ -121,33 +129,36 @@ def test_networks_built_under_the_same_seed_are_identical_and_other_seeds_differ
 @pytest.mark.parametrize(
     ("spec_arguments", "message"),
     [
-        ({"kind": "rnn"}, "unknown network kind 'rnn'"),
-        ({"kind": "mlp", "hidden_sizes": (8, 0)}, "hidden_sizes must all be positive"),
+        ({"kind": "rnn"}, r"kind\n  Input should be 'mlp' or 'nature_cnn'"),
+        (
+            {"kind": "mlp", "hidden_sizes": (8, 0)},
+            r"hidden_sizes.1\n  Input should be greater than or equal to 1",
+        ),
     ],
 )
 def test_malformed_specs_are_rejected(spec_arguments: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        NetworkSpec(**spec_arguments)
+        DqnNetworkConfig.model_validate(spec_arguments)
 
 
 @pytest.mark.parametrize(
-    ("spec", "observation_shape", "num_actions", "message"),
+    ("config", "observation_shape", "num_actions", "message"),
     [
-        (NetworkSpec("mlp"), (), 2, r"mlp needs a non-empty observation_shape"),
-        (NetworkSpec("mlp"), (4, 0), 2, r"mlp needs a non-empty observation_shape"),
-        (NetworkSpec("nature_cnn"), (84, 84), 2, r"nature_cnn needs a 3-D observation_shape"),
-        (NetworkSpec("nature_cnn"), (35, 84, 4), 2, r"at least 36x36"),
-        (NetworkSpec("mlp"), (4,), 0, r"num_actions must be at least 1, got 0"),
+        (spec("mlp"), (), 2, r"mlp needs a non-empty observation_shape"),
+        (spec("mlp"), (4, 0), 2, r"mlp needs a non-empty observation_shape"),
+        (spec("nature_cnn"), (84, 84), 2, r"nature_cnn needs a 3-D observation_shape"),
+        (spec("nature_cnn"), (35, 84, 4), 2, r"at least 36x36"),
+        (spec("mlp"), (4,), 0, r"num_actions must be at least 1, got 0"),
     ],
 )
 def test_shapes_the_network_cannot_serve_are_rejected(
-    spec: NetworkSpec, observation_shape: tuple[int, ...], num_actions: int, message: str
+    config: DqnNetworkConfig, observation_shape: tuple[int, ...], num_actions: int, message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
-        build_q_network(spec, observation_shape, num_actions)
+        QNetwork(config, observation_shape, num_actions)
 
 
 def test_observations_of_the_wrong_shape_are_rejected_at_forward() -> None:
-    network = seeded_network(NetworkSpec("mlp", (8,)), (4,), 2)
+    network = seeded_network(spec("mlp", (8,)), (4,), 2)
     with pytest.raises(ValueError, match=r"expected observations of shape \[B, \*\(4,\)\], got \(4,\)"):
         network(torch.zeros(4))

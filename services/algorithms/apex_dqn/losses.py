@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from numpy.typing import NDArray
 from torch import nn
 
 
@@ -82,11 +80,3 @@ def double_q_loss(
     td = y - q
     loss = torch.mean(importance_weights * huber(td, huber_delta))
     return DqnLoss(loss=loss, td_errors=td.detach())
-
-
-def new_priorities(td_errors: torch.Tensor, epsilon: float = 1e-6) -> NDArray[np.float64]:
-    """Priorities |td| + epsilon for the replay; epsilon > 0 keeps every item sampleable."""
-    if epsilon <= 0:
-        raise ValueError(f"epsilon must be positive so no priority is 0, got {epsilon}")
-    magnitudes: NDArray[np.float64] = td_errors.detach().abs().cpu().numpy().astype(np.float64)
-    return magnitudes + epsilon

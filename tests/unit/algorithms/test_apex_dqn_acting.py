@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from services.actor.policy import epsilon_greedy, greedy_actions, initial_priorities
-from services.common.networks import NetworkSpec, QNetwork, build_q_network
+from services.algorithms.apex_dqn.acting import epsilon_greedy, greedy_actions, initial_priorities
+from services.algorithms.apex_dqn.config import DqnNetworkConfig
+from services.algorithms.apex_dqn.networks import QNetwork
 
 
 def linear_network() -> QNetwork:
-    network = build_q_network(NetworkSpec(kind="mlp", hidden_sizes=(), dueling=False), (2,), 2)
+    network = QNetwork(DqnNetworkConfig(kind="mlp", hidden_sizes=(), dueling=False), (2,), 2)
     with torch.no_grad():
         network.head.weight.copy_(torch.eye(2))  # type: ignore[operator]
         network.head.bias.zero_()  # type: ignore[operator]

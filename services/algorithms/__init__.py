@@ -1,0 +1,1 @@
+"""Algorithm families (one folder each) behind the small interface the services use."""

@@ -1,0 +1,130 @@
+"""The seam between the services and an algorithm family: the few types the machinery knows.
+
+Learner, trainer, feed, actor, evaluator and registry speak only these Protocols; each
+family under ``services/algorithms/<name>/`` implements them, and ``families.py`` maps
+names to families. A new algorithm is a new folder and a line there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
+
+import numpy as np
+from numpy.typing import NDArray
+
+from apexrl.learner.v1 import learner_pb2
+
+if TYPE_CHECKING:  # torch and gymnasium stay out of light importers (the launcher, the configs)
+    import torch
+
+    from services.common.environments import EnvironmentSpec
+
+Columns: TypeAlias = Mapping[str, NDArray[Any]]
+Parameters: TypeAlias = "Mapping[str, torch.Tensor]"
+ExplorationKind = Literal["epsilon", "action_noise_scale", "policy_temperature"]
+
+
+@dataclass(frozen=True)
+class ExplorationSetting:
+    """How one actor explores: its family's knob (epsilon, noise scale, temperature) and its value."""
+
+    kind: ExplorationKind
+    value: float
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    """One update's outcome: the loss the priorities come from, and the batch's new priorities."""
+
+    loss: float
+    priorities: NDArray[np.float64]
+
+
+class LearnerCore(Protocol):
+    """The trainable side of an algorithm: networks, optimizers and one prioritized update."""
+
+    updates: int
+
+    def update(self, columns: Columns, importance_weights: NDArray[np.float32]) -> UpdateResult:
+        """One gradient step on a sampled batch, weighted per item; the items' new priorities."""
+        ...
+
+    def importance_exponent(self) -> float:
+        """beta of the importance weights at the current update."""
+        ...
+
+    def actor_parameters(self) -> dict[str, torch.Tensor]:
+        """What actors need to act and compute initial priorities (published each version)."""
+        ...
+
+    def policy_parameters(self) -> dict[str, torch.Tensor]:
+        """What acting alone needs (for parameter-pull clients that only serve actions)."""
+        ...
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything a checkpoint needs to resume training exactly."""
+        ...
+
+    def load_state_tensors(self, tensors: Parameters, updates: int) -> None:
+        """Restores :meth:`state_tensors`; KeyError or RuntimeError if they do not fit."""
+        ...
+
+
+class ActingPolicy(Protocol):
+    """The actor's side: acts with its local copy of the parameters, and scores its experience."""
+
+    def load_parameters(self, parameters: Parameters) -> None:
+        """Adopts a pulled parameter version (actor parameters or policy alone)."""
+        ...
+
+    def act(
+        self, observations: NDArray[Any], exploration: ExplorationSetting, rng: np.random.Generator
+    ) -> NDArray[Any]:
+        """Exploring actions for a batch of observations."""
+        ...
+
+    def act_deterministic(self, observations: NDArray[Any]) -> NDArray[Any]:
+        """The evaluation actions: greedy, noise-free or the mean, by family."""
+        ...
+
+    def initial_priorities(self, columns: Columns) -> NDArray[np.float64]:
+        """|TD error| of n-step transitions under the actor's own copy, as Ape-X actors compute them."""
+        ...
+
+
+class AlgorithmFamily(Protocol):
+    """An algorithm as the services see it: its config model's name, wire code, and factories.
+
+    ``config`` arguments are the family's own config model (the ``algorithm`` section,
+    which also holds the wire codec of its network settings); ``network`` is that wire
+    network spec, as actors receive it.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def wire_algorithm(self) -> learner_pb2.Algorithm.ValueType: ...
+
+    @property
+    def exploration_kind(self) -> ExplorationKind: ...
+
+    def check_environment(self, environment: EnvironmentSpec) -> None:
+        """ValueError naming the problem when the family cannot train on this environment."""
+        ...
+
+    def exploration(self, config: Any, rung: int) -> ExplorationSetting:
+        """The setting of ladder rung ``rung`` (0, 1, 2, ... spread well for any count)."""
+        ...
+
+    def make_learner(
+        self, config: Any, environment: EnvironmentSpec, device: torch.device, seed: int
+    ) -> LearnerCore:
+        """A fresh learner core whose initial parameters depend on ``seed`` alone."""
+        ...
+
+    def make_policy(self, network: learner_pb2.NetworkSpec, environment: EnvironmentSpec) -> ActingPolicy:
+        """An actor's policy for the wire network spec; ValueError if the spec is not valid."""
+        ...
