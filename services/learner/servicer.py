@@ -133,8 +133,14 @@ class LearnerServicer(learner_pb2_grpc.LearnerServiceServicer):
     def WatchParameters(
         self, request: learner_pb2.WatchParametersRequest, context: grpc.ServicerContext
     ) -> Iterator[learner_pb2.WatchParametersResponse]:
-        known = request.known_version
         policy_only = _policy_only(request.parameter_set)
+        known = request.known_version
+        version, parameters = self._store.latest(policy_only)
+        if parameters is not None and version != known:
+            # Another lineage's version (a learner that crashed after its last checkpoint) is
+            # not "newer" by number, but the caller must get the current parameters at once.
+            known = version
+            yield learner_pb2.WatchParametersResponse(version=version, parameters=parameters)
         while context.is_active() and not self._store.closed:
             version, parameters = self._store.wait_newer(known, _WATCH_POLL_S, policy_only)
             if parameters is not None and version > known:

@@ -6,7 +6,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from apexrl.learner.v1 import learner_pb2, learner_pb2_grpc
@@ -46,13 +45,6 @@ def test_a_pull_from_a_client_ahead_of_the_learner_gets_the_current_parameters(
     assert reply.parameters.tensors
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=grpc.RpcError,
-    reason="known stall: WatchParameters sends only versions numbered above known_version, so a "
-    "client ahead of the learner (an earlier learner's version) gets nothing until the new "
-    "learner's count passes it; the proto promises each new version as it is published",
-)
 def test_a_watch_from_a_client_ahead_of_the_learner_pushes_each_new_version(
     learner: Learner, stub: learner_pb2_grpc.LearnerServiceStub
 ) -> None:
