@@ -178,7 +178,6 @@ class Actor:
         # the actor steps: cheaper than a gRPC future, which may start a thread per call.
         rpc = ThreadPoolExecutor(max_workers=2, thread_name_prefix="actor-rpc")
         session = _Session(self._learner, registration, policy, self._metrics, self._client_name, rpc)
-        torch.manual_seed(session.seed)  # this process's own generator: it is the actor's alone
         builder = NStepBuilder(len(environments), spec.n_step, spec.discount)
         rollout = Rollout(environments, builder, session.seed)
         replay = ShardedReplayClient(list(registration.replay_addresses), seed=session.seed)

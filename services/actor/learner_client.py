@@ -58,15 +58,19 @@ class LearnerClient:
         return None
 
     def get_parameters(
-        self, known_version: int, actor_id: int, progress: learner_pb2.ActorProgress | None = None
+        self,
+        known_version: int,
+        actor_id: int,
+        progress: learner_pb2.ActorProgress | None = None,
+        parameter_set: learner_pb2.ParameterSet.ValueType = learner_pb2.PARAMETER_SET_ACTOR,
     ) -> Parameters | None:
-        """Newer parameters, or None when ``known_version`` is current.
+        """Newer parameters of the set named (the actors'), or None when ``known_version`` is current.
 
         Raises NotRegisteredError when the learner no longer knows ``actor_id``,
         and grpc.RpcError when it cannot be reached (the caller keeps acting).
         """
         request = learner_pb2.GetParametersRequest(
-            known_version=known_version, actor_id=actor_id, progress=progress
+            known_version=known_version, actor_id=actor_id, progress=progress, parameter_set=parameter_set
         )
         try:
             reply = self._stub.GetParameters(request, timeout=self._timeout_s)

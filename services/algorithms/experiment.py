@@ -13,6 +13,8 @@ from pydantic import Discriminator, Tag
 
 from apexrl.learner.v1 import learner_pb2
 from services.algorithms.apex_dqn.config import ApexDqnConfig
+from services.algorithms.sac.config import SacConfig
+from services.algorithms.td3.config import Td3Config
 from services.common.config import StrictModel, load_config
 from services.common.experiment import EnvironmentConfig, GeneralConfig
 
@@ -29,7 +31,9 @@ def _algorithm_name(section: Any) -> str:
 # The families' config models, told apart by ``algorithm.name`` (a discriminated union):
 # each model validates only its own family's keys.
 AlgorithmConfig = Annotated[
-    Annotated[ApexDqnConfig, Tag("apex_dqn")],
+    Annotated[ApexDqnConfig, Tag("apex_dqn")]
+    | Annotated[Td3Config, Tag("td3")]
+    | Annotated[SacConfig, Tag("sac")],
     Discriminator(_algorithm_name),
 ]
 

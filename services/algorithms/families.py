@@ -5,9 +5,13 @@ from __future__ import annotations
 from apexrl.learner.v1 import learner_pb2
 from services.algorithms.apex_dqn.family import ApexDqnFamily
 from services.algorithms.interface import AlgorithmFamily
+from services.algorithms.sac.family import SacFamily
+from services.algorithms.td3.family import Td3Family
 
 FAMILIES: dict[str, AlgorithmFamily] = {
     "apex_dqn": ApexDqnFamily(),
+    "td3": Td3Family(),
+    "sac": SacFamily(),
 }
 
 

@@ -20,12 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 WIDE_CONSOLE = {**os.environ, "COLUMNS": "1000"}
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1800)
-def test_the_default_run_solves_cartpole_and_leaves_a_complete_run_folder(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
+def solved_run(arguments: list[str], run_dir: Path) -> tuple[subprocess.CompletedProcess[str], float]:
+    """``apexrl run`` to the end; its result and the best return its solved verdict names."""
     result = subprocess.run(
-        [sys.executable, "-m", "services", "run", "--run-dir", str(run_dir)],
+        [sys.executable, "-m", "services", "run", *arguments, "--run-dir", str(run_dir)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -36,23 +34,45 @@ def test_the_default_run_solves_cartpole_and_leaves_a_complete_run_folder(tmp_pa
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # The summary's verdict line; "not solved: ..." must not match.
     verdict = re.search(
-        r"^solved: best evaluation return (\d+\.\d) at parameter version \d+ after \d+ s$",
+        r"^solved: best evaluation return (-?\d+\.\d) at parameter version \d+ after \d+ s$",
         result.stdout,
         re.MULTILINE,
     )
     assert verdict is not None, result.stdout[-3000:]
-    assert float(verdict.group(1)) >= 475
+    return result, float(verdict.group(1))
+
+
+def best_logged_return(run_dir: Path) -> float:
     with open(run_dir / "metrics.csv", encoding="utf-8") as file:
         returns = [
             float(row["evaluation_return"]) for row in csv.DictReader(file) if row["evaluation_return"]
         ]
-    assert max(value for value in returns if math.isfinite(value)) >= 475
+    return max(value for value in returns if math.isfinite(value))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_the_default_run_solves_cartpole_and_leaves_a_complete_run_folder(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result, best = solved_run([], run_dir)
+    assert best >= 475
+    assert best_logged_return(run_dir) >= 475
     for name in ("config.yaml", "best_model.safetensors", "learning_curve.png", "logs/learner.log"):
         assert (run_dir / name).exists(), name
     assert list((run_dir / "checkpoints").glob("checkpoint-*.safetensors"))
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     # Progress went to stdout as JSON lines, since stdout was not a terminal.
     assert '"event": "progress"' in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_the_pendulum_preset_trains_td3_to_an_evaluation_return_of_minus_200(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _, best = solved_run(["pendulum"], run_dir)
+    assert best >= -200
+    assert best_logged_return(run_dir) >= -200
+    assert "name: td3" in (run_dir / "config.yaml").read_text(encoding="utf-8")
 
 
 def test_an_invalid_config_value_exits_2_naming_the_field() -> None:

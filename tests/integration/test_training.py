@@ -165,3 +165,47 @@ def test_variants_of_the_algorithm_train(start_shard: ShardFactory, tmp_path: Pa
         actor.close()
         client.close()
         learner.stop()
+
+
+CONTINUOUS = (
+    "algorithm.network.hidden_sizes=[32, 32]",
+    "algorithm.network.critic_hidden_sizes=[32, 32]",
+)
+
+
+@pytest.mark.parametrize("preset", ["pendulum", "pendulum-sac"])
+def test_continuous_families_train_through_the_same_shards_actors_and_parameter_service(
+    start_shard: ShardFactory, tmp_path: Path, preset: str
+) -> None:
+    shards = [start_shard(capacity=5_000) for _ in range(2)]
+    config = small_config(*CONTINUOUS, preset=preset)
+    learner = Learner(config, LearnerSettings(tuple(s.address for s in shards), tmp_path / "run"))
+    actors = [ActorThread(learner.address, f"actor-{i}") for i in range(2)]
+    client = LearnerClient(learner.address)
+    try:
+
+        def trained() -> bool:
+            status = client.status()
+            rows = actor_rows(status)
+            return status.updates >= 60 and len(rows) == 2 and all(row.parameter_version > 1 for row in rows)
+
+        wait_for(trained, timeout_s=180, what="60 updates with parameters at both actors")
+        settings = [row.exploration for row in actor_rows(client.status())]
+        kind = {"pendulum": "action_noise_scale", "pendulum-sac": "policy_temperature"}[preset]
+        assert {setting.WhichOneof("setting") for setting in settings} == {kind}
+        if preset == "pendulum":  # TD3's noise ladder: a scale of its own for each actor
+            assert len({setting.action_noise_scale for setting in settings}) == 2
+        # Actors score their transitions with the critic they pulled, and the learner rescores them.
+        assert all(shard.table.info().inserts > 0 for shard in shards)
+        assert sum(shard.table.info().priority_updates for shard in shards) > 0
+        actor_set = client.get_parameters(0, 0)
+        policy_set = client.get_parameters(0, 0, parameter_set=learner_pb2.PARAMETER_SET_POLICY)
+        assert actor_set is not None
+        assert policy_set is not None
+        assert {name.split(".")[0] for name in actor_set.state_dict} == {"policy", "critic"}
+        assert {name.split(".")[0] for name in policy_set.state_dict} == {"policy"}
+    finally:
+        for actor in actors:
+            actor.close()
+        client.close()
+        learner.stop()

@@ -26,8 +26,8 @@ SMALL = (
 )
 
 
-def small_config(*overrides: str) -> ExperimentConfig:
-    return load_experiment("cartpole", [*SMALL, *overrides])
+def small_config(*overrides: str, preset: str = "cartpole") -> ExperimentConfig:
+    return load_experiment(preset, [*SMALL, *overrides])
 
 
 class ActorThread:

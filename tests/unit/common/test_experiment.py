@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from apexrl.learner.v1 import learner_pb2
+from services.algorithms.actor_critic_config import ActorCriticNetworkConfig
 from services.algorithms.experiment import experiment_spec, load_experiment
 from services.common.config import ConfigError
 
@@ -45,7 +46,8 @@ def test_invalid_values_name_the_field_and_the_allowed_values(override: str, mes
 
 
 def test_an_unknown_preset_lists_the_presets() -> None:
-    with pytest.raises(FileNotFoundError, match=r"presets: \['acrobot', 'cartpole'\]"):
+    presets = r"presets: \['acrobot', 'cartpole', 'halfcheetah', 'pendulum', 'pendulum-sac'\]"
+    with pytest.raises(FileNotFoundError, match=presets):
         load_experiment("pong")
 
 
@@ -69,3 +71,30 @@ def test_the_wire_spec_carries_what_actors_need() -> None:
     assert spec.discount == pytest.approx(0.99)
     assert spec.network.kind == learner_pb2.NETWORK_KIND_MLP
     assert list(spec.network.hidden_sizes) == [32, 16]
+
+
+@pytest.mark.parametrize(("preset", "family"), [("pendulum", "td3"), ("pendulum-sac", "sac")])
+def test_continuous_presets_load_their_familys_config(preset: str, family: str) -> None:
+    config = load_experiment(preset)
+    assert config.algorithm.name == family
+    spec = experiment_spec(config)
+    assert spec.algorithm == {"td3": learner_pb2.ALGORITHM_TD3, "sac": learner_pb2.ALGORITHM_SAC}[family]
+    assert isinstance(config.algorithm.network, ActorCriticNetworkConfig)
+    assert list(spec.network.critic_hidden_sizes) == list(config.algorithm.network.critic_hidden_sizes)
+
+
+def test_an_algorithm_section_is_validated_by_its_own_familys_model() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_experiment("cartpole", ["algorithm.name=td3", "algorithm.policy_delay=0"])
+    message = str(caught.value)
+    # DQN's keys are not TD3 settings; the path names the field, not the union's tag.
+    assert "algorithm.target_update_interval: unknown key" in message
+    assert "algorithm.policy_delay: Input should be greater than or equal to 1, got 0" in message
+    assert "algorithm.td3." not in message
+
+
+def test_an_unknown_algorithm_name_lists_the_known_ones() -> None:
+    with pytest.raises(
+        ConfigError, match="algorithm: unknown name 'dqn'; expected one of 'apex_dqn', 'td3', 'sac'"
+    ):
+        load_experiment("cartpole", ["algorithm.name=dqn"])

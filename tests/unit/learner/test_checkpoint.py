@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from services.algorithms.apex_dqn.config import ApexDqnConfig
 from services.algorithms.apex_dqn.learning import DqnLearner
 from services.algorithms.experiment import load_experiment
+from services.algorithms.families import family_named
+from services.algorithms.interface import LearnerCore
+from services.common.environments import describe_environment
 from services.learner.checkpoint import TrainingCounters, checkpoints, latest_checkpoint, save_checkpoint
 
 
@@ -30,6 +34,7 @@ def learner() -> DqnLearner:
     config = load_experiment(
         "cartpole", ["algorithm.network.hidden_sizes=[16]", "algorithm.target_update_interval=3"]
     )
+    assert isinstance(config.algorithm, ApexDqnConfig)
     return DqnLearner(config.algorithm, (4,), 2, torch.device("cpu"), seed=0)
 
 
@@ -74,3 +79,48 @@ def test_importance_exponent_anneals_to_one() -> None:
     assert model.importance_exponent() == pytest.approx(0.7)
     model.updates = 50_000
     assert model.importance_exponent() == 1.0
+
+
+def pendulum_batch(seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Pendulum-shaped transitions: 3-D observations, 1-D torques in [-2, 2]."""
+    rng = np.random.default_rng(seed)
+    size = 16
+    columns: dict[str, np.ndarray] = {
+        "observation": rng.standard_normal((size, 3)).astype(np.float32),
+        "action": rng.uniform(-2.0, 2.0, (size, 1)).astype(np.float32),
+        "reward": rng.standard_normal(size).astype(np.float32),
+        "discount": np.full(size, 0.97, np.float32),
+        "next_observation": rng.standard_normal((size, 3)).astype(np.float32),
+    }
+    return columns, rng.uniform(0.5, 1.0, size).astype(np.float32)
+
+
+@pytest.mark.parametrize("preset", ["pendulum", "pendulum-sac"])
+def test_a_resumed_continuous_learner_takes_exactly_the_steps_the_original_would_have(
+    tmp_path: Path, preset: str
+) -> None:
+    config = load_experiment(
+        preset, ["algorithm.network.hidden_sizes=[16]", "algorithm.network.critic_hidden_sizes=[16]"]
+    )
+    family = family_named(config.algorithm.name)
+    environment = describe_environment(config.environment.id, {})
+
+    def core(seed: int) -> LearnerCore:
+        return family.make_learner(config.algorithm, environment, torch.device("cpu"), seed)
+
+    original = core(seed=0)
+    for seed in range(5):  # an odd count: TD3's next policy step is one update away
+        original.update(*pendulum_batch(seed))
+    save_checkpoint(tmp_path, original.state_tensors(), TrainingCounters(updates=original.updates), "")
+    restored = latest_checkpoint(tmp_path)
+    assert restored is not None
+    resumed = core(seed=1)  # other initial weights: everything must come from the file
+    resumed.load_state_tensors(restored[0], restored[1].updates)
+    for seed in range(5, 9):
+        expected, got = original.update(*pendulum_batch(seed)), resumed.update(*pendulum_batch(seed))
+        assert got.loss == expected.loss
+        np.testing.assert_array_equal(got.priorities, expected.priorities)
+    final, resumed_final = original.state_tensors(), resumed.state_tensors()
+    assert final.keys() == resumed_final.keys()
+    for name, value in final.items():
+        torch.testing.assert_close(resumed_final[name], value, rtol=0, atol=0, msg=name)
