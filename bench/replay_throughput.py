@@ -1,7 +1,7 @@
 """Replay shard throughput and memory against a bare gRPC echo moving the same bytes, as JSON lines.
 
 Usage: ``.venv/bin/python bench/replay_throughput.py [--workloads W1,W2] [--runs 3] [--seconds 10]``
-(``--quick`` for a smoke run). Workloads and measures: shared/bench-workloads.md. One JSON object
+(``--quick`` for a smoke run). Workloads and measures: docs/benchmarks.md. One JSON object
 per line goes to stdout; per-run figures, min and max, message sizes and targets go to stderr.
 """
 

@@ -1,4 +1,4 @@
-"""The replay workloads W1 and W2 of shared/bench-workloads.md and their pre-serialized requests."""
+"""The replay workloads W1 and W2 of docs/benchmarks.md and their pre-serialized requests."""
 
 from __future__ import annotations
 

@@ -39,3 +39,35 @@ def load_optimizer_tensors(
 def prefixed(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The tensors named ``<prefix>.<rest>``, keyed by ``rest``."""
     return {k.removeprefix(prefix + "."): v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def training_tensors(
+    modules: Mapping[str, torch.nn.Module], optimizers: Mapping[str, torch.optim.Optimizer]
+) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds of a learner core: each module's state as ``<name>.<key>``,
+    each optimizer's as :func:`optimizer_tensors` under its name."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in modules.items():
+        tensors.update({f"{name}.{key}": value for key, value in module.state_dict().items()})
+    for name, optimizer in optimizers.items():
+        tensors.update(optimizer_tensors(optimizer, name))
+    return tensors
+
+
+def load_training_tensors(
+    tensors: Mapping[str, torch.Tensor],
+    modules: Mapping[str, torch.nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+) -> dict[str, torch.Tensor]:
+    """Restores :func:`training_tensors`; KeyError or RuntimeError if they do not fit.
+
+    Works on copies, so that no restored optimizer state aliases tensors the caller keeps
+    using (torch's optimizer restore shares them, Adam's step counter included); returns
+    the copies for the caller's other parts.
+    """
+    owned = {name: value.detach().clone() for name, value in tensors.items()}
+    for name, module in modules.items():
+        module.load_state_dict(prefixed(owned, name))
+    for name, optimizer in optimizers.items():
+        load_optimizer_tensors(optimizer, owned, name)
+    return owned

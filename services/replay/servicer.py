@@ -47,7 +47,7 @@ class SnapshotResult:
     bytes: int
 
 
-# Domain exceptions -> status codes, the one table of this servicer (STYLE.md).
+# Domain exceptions -> status codes: the one table of this servicer.
 _STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (NotEnoughDataError, grpc.StatusCode.FAILED_PRECONDITION),
     (SnapshotUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),

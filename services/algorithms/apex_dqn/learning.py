@@ -14,7 +14,7 @@ from services.algorithms.apex_dqn.networks import QNetwork
 from services.algorithms.interface import Columns, UpdateResult
 from services.algorithms.prioritized import importance_exponent, priorities_from_td
 from services.algorithms.torsos import seeded
-from services.algorithms.training_state import load_optimizer_tensors, optimizer_tensors, prefixed, to_device
+from services.algorithms.training_state import load_training_tensors, to_device, training_tensors
 
 
 class DqnLearner:
@@ -81,16 +81,14 @@ class DqnLearner:
         """The same network: acting greedily needs the Q values."""
         return self.actor_parameters()
 
+    def _training_parts(self) -> tuple[dict[str, torch.nn.Module], dict[str, torch.optim.Optimizer]]:
+        return {"online": self.online, "target": self.target}, {"optimizer": self.optimizer}
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Everything a checkpoint needs to resume training exactly: networks and Adam moments."""
-        tensors = {f"online.{k}": v for k, v in self.online.state_dict().items()}
-        tensors.update({f"target.{k}": v for k, v in self.target.state_dict().items()})
-        tensors.update(optimizer_tensors(self.optimizer, "optimizer"))
-        return tensors
+        return training_tensors(*self._training_parts())
 
     def load_state_tensors(self, tensors: Mapping[str, torch.Tensor], updates: int) -> None:
         """Restores :meth:`state_tensors`; KeyError or RuntimeError if they do not fit these networks."""
-        self.online.load_state_dict(prefixed(tensors, "online"))
-        self.target.load_state_dict(prefixed(tensors, "target"))
-        load_optimizer_tensors(self.optimizer, tensors, "optimizer")
+        load_training_tensors(tensors, *self._training_parts())
         self.updates = updates

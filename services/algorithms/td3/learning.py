@@ -23,7 +23,7 @@ from services.algorithms.prioritized import importance_exponent, priorities_from
 from services.algorithms.td3.config import Td3Config
 from services.algorithms.td3.losses import TargetSmoothing, td3_critic_loss, td3_policy_loss
 from services.algorithms.torsos import seeded
-from services.algorithms.training_state import load_optimizer_tensors, optimizer_tensors, prefixed, to_device
+from services.algorithms.training_state import load_training_tensors, to_device, training_tensors
 from services.common.environments import BoxActions
 
 _NETWORKS = ("policy", "critics", "target_policy", "target_critics")
@@ -112,25 +112,18 @@ class Td3Learner:
     def policy_parameters(self) -> dict[str, torch.Tensor]:
         return published(self.policy)
 
+    def _training_parts(self) -> tuple[dict[str, torch.nn.Module], dict[str, torch.optim.Optimizer]]:
+        modules = {name: getattr(self, name) for name in _NETWORKS}
+        return modules, {name: getattr(self, name) for name in _OPTIMIZERS}
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Networks, targets, Adam moments and the smoothing noise generator's state."""
-        tensors: dict[str, torch.Tensor] = {}
-        for name in _NETWORKS:
-            module: torch.nn.Module = getattr(self, name)
-            tensors.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
-        tensors.update(optimizer_tensors(self.policy_optimizer, "policy_optimizer"))
-        tensors.update(optimizer_tensors(self.critic_optimizer, "critic_optimizer"))
+        tensors = training_tensors(*self._training_parts())
         tensors[_GENERATOR] = self.noise_generator.get_state()
         return tensors
 
     def load_state_tensors(self, tensors: Mapping[str, torch.Tensor], updates: int) -> None:
         """Restores :meth:`state_tensors`; KeyError or RuntimeError if they do not fit these networks."""
-        # Copies, so that no restored optimizer state aliases tensors the caller keeps using.
-        owned = {name: value.detach().clone() for name, value in tensors.items()}
-        for name in _NETWORKS:
-            module: torch.nn.Module = getattr(self, name)
-            module.load_state_dict(prefixed(owned, name))
-        for name in _OPTIMIZERS:
-            load_optimizer_tensors(getattr(self, name), owned, name)
+        owned = load_training_tensors(tensors, *self._training_parts())
         self.noise_generator.set_state(owned[_GENERATOR].to("cpu", torch.uint8))
         self.updates = updates
