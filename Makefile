@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt --config-settings editable_mode=compat -e '.[train,mujoco,dev,bench]'
+	$(PY) -m pip install --quiet -c constraints.txt --config-settings editable_mode=compat -e '.[train,atari,mujoco,dev,bench]'
 	touch $@
 
 # Generated code is never committed: it is produced here, by the grpcio-tools that
@@ -69,7 +69,7 @@ images: setup
 
 # docker-compose.yml end to end: the images, 8 actors, rescaling, a shard restart, monitoring.
 compose-test: images
-	APEXRL_COMPOSE_TEST=1 $(PY) -m pytest -s tests/e2e/test_compose.py
+	APEXRL_COMPOSE_TEST=1 $(PY) -m pytest -s tests/e2e/test_compose.py tests/e2e/test_compose_atari.py
 
 clean:
 	rm -rf $(VENV) apexrl build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -26,23 +26,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.actor.actor import build_policy
+from services.actor.actor import build_policy, make_spec_environment
 from services.actor.learner_client import LearnerClient
 from services.actor.n_step import NStepBuilder
 from services.actor.rollout import Rollout
 from services.algorithms.experiment import experiment_spec, load_experiment
 from services.algorithms.families import family_named
-from services.common.environments import environment_spec, make_environment
+from services.common.environments import environment_spec
 from services.common.local_process import LocalProcess
 
 _WARM_UP_S = 5.0
 
 
-def bare_steps_per_s(seconds: float) -> float:
+def bare_steps_per_s(seconds: float, preset: str = "cartpole") -> float:
     """One process stepping the preset's environments with its policy, nothing else."""
     torch.set_num_threads(1)
-    config = load_experiment("cartpole")
-    policy, first = build_policy(experiment_spec(config))
+    config = load_experiment(preset)
+    spec = experiment_spec(config)
+    policy, first = build_policy(spec)
     # The parameters the actors get from the learner, which does not train here: its
     # initial networks. Others would act differently, and episode lengths (so reset
     # costs) with them.
@@ -52,9 +53,14 @@ def bare_steps_per_s(seconds: float) -> float:
     )
     policy.load_parameters(initial.actor_parameters())
     count = config.algorithm.actor.environments_per_actor
-    environments = [first] + [make_environment(config.environment.id, {}) for _ in range(count - 1)]
+    environments = [first] + [make_spec_environment(spec) for _ in range(count - 1)]
+    atari = config.environment.atari
     rollout = Rollout(
-        environments, NStepBuilder(count, config.algorithm.n_step, config.algorithm.discount), 0
+        environments,
+        NStepBuilder(count, config.algorithm.n_step, config.algorithm.discount),
+        0,
+        clip_rewards=atari is not None and atari.clip_rewards,
+        terminal_on_life_loss=atari is not None and atari.terminal_on_life_loss,
     )
     rng = np.random.default_rng(0)
 
@@ -70,7 +76,7 @@ def bare_steps_per_s(seconds: float) -> float:
     return steps / elapsed
 
 
-def distributed_steps_per_s(actors: int, seconds: float, logs: Path) -> float:
+def distributed_steps_per_s(actors: int, seconds: float, logs: Path, preset: str = "cartpole") -> float:
     """Aggregate steps/s of ``actors`` actor processes, read from the learner's status."""
     shards = [
         LocalProcess(["replay", "--port", "0", "--capacity", "200000"], logs / f"replay-{k}.log")
@@ -82,11 +88,11 @@ def distributed_steps_per_s(actors: int, seconds: float, logs: Path) -> float:
         learner = LocalProcess(
             [
                 "learner",
-                "cartpole",
+                preset,
                 "--replay",
                 replay,
                 "--run-dir",
-                str(logs / f"run-{actors}"),
+                str(logs / f"run-{preset}-{actors}"),
                 "--set",
                 "algorithm.min_replay_size=100000000",
                 "--set",

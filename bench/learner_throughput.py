@@ -11,17 +11,22 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from services.algorithms.experiment import ExperimentConfig, load_experiment
 from services.algorithms.families import family_named
 from services.algorithms.interface import LearnerCore
+from services.common.encoded import Column, decoded
 from services.common.environments import describe_environment
 from services.common.local_process import LocalProcess
 from services.common.sharded_replay import ShardedReplayClient
@@ -37,7 +42,12 @@ INSERT_BATCH = 1_000
 
 def learner(config: ExperimentConfig) -> LearnerCore:
     torch.set_num_threads(config.general.learner_threads)
-    environment = describe_environment(config.environment.id, config.environment.options)
+    environment = describe_environment(
+        config.environment.id,
+        config.environment.options,
+        config.environment.frame_stack,
+        config.environment.atari_settings(),
+    )
     family = family_named(config.algorithm.name)
     return family.make_learner(config.algorithm, environment, resolve_device(config.general.device), seed=0)
 
@@ -85,10 +95,77 @@ def local_updates_per_s(config: ExperimentConfig, table: PrioritizedTable, secon
         size = table.size
         probability = items.priority_masses / items.total_priority_mass
         weights = (size * probability) ** -model.importance_exponent()
-        result = model.update(items.columns, (weights / weights.max()).astype(np.float32))
+        result = model.update(decoded(items.columns), (weights / weights.max()).astype(np.float32))
         table.update_priorities(items.keys, result.priorities)
 
     return steps_per_s(step, seconds)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What both sides hold: the same transitions, raw in process, as actors send them remotely."""
+
+    raw: list[dict[str, NDArray[Any]]]
+    sent: list[Mapping[str, Column]]
+    priorities: list[NDArray[np.float64]]
+    items_per_shard: int
+
+
+def cartpole_data(rng: np.random.Generator) -> Stored:
+    raw = [cartpole_like_transitions(rng, INSERT_BATCH) for _ in range(2 * ITEMS_PER_SHARD // INSERT_BATCH)]
+    priorities = [rng.uniform(0.01, 1.0, INSERT_BATCH) for _ in raw]
+    return Stored(raw, list(raw), priorities, ITEMS_PER_SHARD)
+
+
+def measure(preset: str, device: str, runs: int, seconds: float, data: Stored) -> tuple[float, float]:
+    """Median updates/s of the preset's learner over remote shards and over an in-process table."""
+    config = load_experiment(preset, [f"general.device={device}"])
+    table = PrioritizedTable(
+        2 * data.items_per_shard, config.algorithm.priority_exponent, RateLimiterSettings(), seed=0
+    )
+    for columns, values in zip(data.raw, data.priorities, strict=True):
+        table.insert(columns, values, max_wait_s=0)
+    logs = Path(tempfile.mkdtemp(prefix="bench-learner-"))
+    capacity = str(data.items_per_shard)
+    shards = [
+        LocalProcess(["replay", "--port", "0", "--capacity", capacity], logs / f"replay-{k}.log")
+        for k in range(2)
+    ]
+    try:
+        addresses = [shard.wait_for_address() for shard in shards]
+        client = ShardedReplayClient(addresses)
+        for sent, values in zip(data.sent, data.priorities, strict=True):
+            client.insert(sent, values)
+        client.close()
+        remote, local = [], []
+        for _ in range(runs):
+            remote.append(remote_updates_per_s(config, addresses, seconds))
+            local.append(local_updates_per_s(config, table, seconds))
+    finally:
+        for shard in shards:
+            shard.stop()
+    print(f"preset={preset} runs remote={remote} local={local}", file=sys.stderr)
+    return statistics.median(remote), statistics.median(local)
+
+
+def report(workload: str, device: str, value: float, reference: float) -> None:
+    print(
+        json.dumps(
+            {
+                "bench": "learner_throughput",
+                "workload": workload,
+                "measure": "updates_per_s_2_remote_shards",
+                "device": device,
+                "value": value,
+                "unit": "updates/s",
+                "reference": "in_process_buffer",
+                "reference_value": reference,
+                "ratio": value / reference,
+                "better": "higher",
+            }
+        ),
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -97,52 +174,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="the learner's device: cpu, cuda or auto")
     arguments = parser.parse_args()
-    config = load_experiment("cartpole", [f"general.device={arguments.device}"])
-    rng = np.random.default_rng(0)
-    data = [cartpole_like_transitions(rng, INSERT_BATCH) for _ in range(2 * ITEMS_PER_SHARD // INSERT_BATCH)]
-    priorities = [rng.uniform(0.01, 1.0, INSERT_BATCH) for _ in data]
-    table = PrioritizedTable(
-        2 * ITEMS_PER_SHARD, config.algorithm.priority_exponent, RateLimiterSettings(), seed=0
-    )
-    for columns, values in zip(data, priorities, strict=True):
-        table.insert(columns, values, max_wait_s=0)
-    logs = Path(tempfile.mkdtemp(prefix="bench-learner-"))
-    capacity = str(ITEMS_PER_SHARD)
-    shards = [
-        LocalProcess(["replay", "--port", "0", "--capacity", capacity], logs / f"replay-{k}.log")
-        for k in range(2)
-    ]
-    try:
-        addresses = [shard.wait_for_address() for shard in shards]
-        client = ShardedReplayClient(addresses)
-        for columns, values in zip(data, priorities, strict=True):
-            client.insert(columns, values)
-        client.close()
-        remote, local = [], []
-        for _ in range(arguments.runs):
-            remote.append(remote_updates_per_s(config, addresses, arguments.seconds))
-            local.append(local_updates_per_s(config, table, arguments.seconds))
-    finally:
-        for shard in shards:
-            shard.stop()
-    value, reference = statistics.median(remote), statistics.median(local)
-    print(
-        json.dumps(
-            {
-                "bench": "learner_throughput",
-                "workload": "cartpole",
-                "measure": "updates_per_s_2_remote_shards",
-                "device": arguments.device,
-                "value": value,
-                "unit": "updates/s",
-                "reference": "in_process_buffer",
-                "reference_value": reference,
-                "ratio": value / reference,
-                "better": "higher",
-            }
-        )
-    )
-    print(f"runs remote={remote} local={local}", file=__import__("sys").stderr)
+    data = cartpole_data(np.random.default_rng(0))
+    value, reference = measure("cartpole", arguments.device, arguments.runs, arguments.seconds, data)
+    report("cartpole", arguments.device, value, reference)
 
 
 if __name__ == "__main__":

@@ -86,8 +86,19 @@ class ServerProcess:
         return _memory_field(self.pid, "VmRSS")
 
     def peak_resident_bytes(self) -> int:
-        """VmHWM: the most resident memory since the process started."""
+        """VmHWM: the most resident memory since the process started (or the last reset)."""
         return _memory_field(self.pid, "VmHWM")
+
+    def reset_peak_resident_bytes(self) -> None:
+        """Starts VmHWM again from the resident memory now (Linux: 5 to /proc/PID/clear_refs)."""
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+
+    def kill(self) -> None:
+        """SIGKILL: for a shard whose final snapshot on SIGTERM would only cost time."""
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._log.close()
 
     def log(self) -> str:
         return Path(self._log.name).read_text(errors="replace")[-4000:]
@@ -105,7 +116,7 @@ class ServerProcess:
         self._log.close()
 
 
-def start_replay(workload: Workload) -> ServerProcess:
+def start_replay(workload: Workload, snapshot_path: Path | None = None) -> ServerProcess:
     """The real replay shard, started as production starts it."""
     arguments = [
         "services.replay",
@@ -116,6 +127,8 @@ def start_replay(workload: Workload) -> ServerProcess:
         "--min-size-to-sample",
         "1",
     ]
+    if snapshot_path is not None:
+        arguments += ["--snapshot-path", str(snapshot_path)]
     return ServerProcess("replay", arguments)
 
 

@@ -1,4 +1,4 @@
-"""The replay workloads W1 and W2 of docs/benchmarks.md and their pre-serialized requests."""
+"""The replay workloads W1, W2 and W3 of docs/benchmarks.md and their pre-serialized requests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from apexrl.replay.v1 import replay_pb2
+from bench.atari_frames import as_inserted, pong_transitions
 from services.common import tensor_codec
+from services.common.encoded import Column
 
 # Sampling batch of measures 2 and 3.
 SAMPLE_BATCH = 256
@@ -32,6 +34,9 @@ class Workload:
     # Transitions per Insert request: the clients' choice, large enough to amortize a call
     # and small enough (a few MB) that two writers do not queue behind each other.
     insert_batch: int
+    # "random": columns of random values; "pong": real Pong transitions of a random policy,
+    # their observation columns compressed as actors send them.
+    source: str = "random"
 
     @property
     def item_bytes(self) -> int:
@@ -59,6 +64,7 @@ def _transition(observation: ColumnShape) -> dict[str, ColumnShape]:
 WORKLOADS: dict[str, Workload] = {
     "W1": Workload("W1", _transition(ColumnShape("float32", (4,))), 1_000_000, 100_000, 1000),
     "W2": Workload("W2", _transition(ColumnShape("uint8", (84, 84, 4))), 100_000, 20_000, 64),
+    "W3": Workload("W3", _transition(ColumnShape("uint8", (84, 84, 4))), 100_000, 20_000, 256, "pong"),
 }
 
 
@@ -80,11 +86,17 @@ def insert_requests(workload: Workload, count: int, seed: int) -> list[bytes]:
     """``count`` distinct serialized InsertRequests of ``workload.insert_batch`` transitions."""
     rng = np.random.default_rng(seed)
     requests = []
-    for _ in range(count):
-        columns = {
-            name: _random_column(rng, column, workload.insert_batch)
-            for name, column in workload.columns.items()
-        }
+    played = pong_transitions(count * workload.insert_batch, seed) if workload.source == "pong" else {}
+    for index in range(count):
+        columns: dict[str, Column]
+        if played:
+            rows = slice(index * workload.insert_batch, (index + 1) * workload.insert_batch)
+            columns = as_inserted({name: column[rows] for name, column in played.items()})
+        else:
+            columns = {
+                name: _random_column(rng, column, workload.insert_batch)
+                for name, column in workload.columns.items()
+            }
         request = replay_pb2.InsertTransitionsRequest(
             batch=tensor_codec.encode_columns(columns),
             priorities=tensor_codec.encode(random_priorities(rng, workload.insert_batch)),

@@ -47,7 +47,7 @@ rm -rf "$WHEELHOUSE"
 mkdir -p build
 SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || echo 315532800) \
     "$python" -m pip wheel --disable-pip-version-check -c constraints.txt \
-    --wheel-dir "$WHEELHOUSE" '.[train]' >build/wheelhouse.log 2>&1 || {
+    --wheel-dir "$WHEELHOUSE" '.[train,atari]' >build/wheelhouse.log 2>&1 || {
     tail -n 30 build/wheelhouse.log >&2
     exit 1
 }

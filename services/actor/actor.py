@@ -15,6 +15,7 @@ import torch
 from google.protobuf import json_format
 from numpy.typing import NDArray
 
+from apexrl.common.v1 import tensor_pb2
 from apexrl.learner.v1 import learner_pb2
 from services.actor.learner_client import LearnerClient, NotRegisteredError, Parameters
 from services.actor.metrics import ActorMetrics
@@ -23,11 +24,14 @@ from services.actor.rollout import Rollout
 from services.algorithms.families import family_for_wire
 from services.algorithms.interface import ActingPolicy, ExplorationSetting
 from services.algorithms.wire import exploration_from_wire
-from services.common.environments import environment_spec, make_environment
+from services.common.encoded import Column, compress
+from services.common.environments import AtariSettings, environment_spec, make_environment
 from services.common.sharded_replay import ReplayUnavailableError, ShardedReplayClient
 
 logger = logging.getLogger(__name__)
 
+# The columns compressed when the learner asks for compressed observations.
+OBSERVATION_COLUMNS = ("observation", "next_observation")
 # Transitions kept while no shard accepts them; beyond it the oldest are dropped.
 _MAX_OUTBOX_BATCHES = 64
 # A batch not yet full leaves this long after its first transition arrived.
@@ -37,10 +41,26 @@ _MAX_HOLD_S = 1.0
 _INSERT_WAIT_S = 10.0
 
 
+def atari_settings_from_wire(spec: learner_pb2.ExperimentSpec) -> AtariSettings | None:
+    """The spec's Atari preprocessing; None when it has none (not an Atari experiment)."""
+    if not spec.HasField("atari"):
+        return None
+    atari = spec.atari
+    return AtariSettings(
+        noop_max=atari.noop_max,
+        frame_skip=atari.frame_skip,
+        screen_size=atari.screen_size,
+        terminal_on_life_loss=atari.terminal_on_life_loss,
+        clip_rewards=atari.clip_rewards,
+    )
+
+
 def make_spec_environment(spec: learner_pb2.ExperimentSpec) -> Any:
     """The experiment's environment, as every actor and the evaluator create it."""
     options = json_format.MessageToDict(spec.environment_options)
-    return make_environment(spec.environment_id, options, spec.frame_stack or 1)
+    return make_environment(
+        spec.environment_id, options, spec.frame_stack or 1, atari_settings_from_wire(spec)
+    )
 
 
 def build_policy(spec: learner_pb2.ExperimentSpec) -> tuple[ActingPolicy, Any]:
@@ -78,8 +98,10 @@ class Outbox:
         metrics: ActorMetrics,
         sender: Executor,
         max_hold_s: float = _MAX_HOLD_S,
+        compressed: tuple[str, ...] = (),
     ) -> None:
         self._replay = replay
+        self._compressed = compressed
         self._batch_size = batch_size
         self._max_hold_s = max_hold_s
         self._held_since = 0.0
@@ -122,8 +144,15 @@ class Outbox:
         self._count -= rows
         columns = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
         priorities = policy.initial_priorities(columns)
-        call = self._sender.submit(self._replay.insert, columns, priorities, _INSERT_WAIT_S)
+        call = self._sender.submit(self._insert, columns, priorities)
         self._in_flight = (call, columns)
+
+    def _insert(self, columns: Columns, priorities: NDArray[np.floating]) -> None:
+        """On the sender thread: compresses the columns that travel compressed, then inserts."""
+        sent: dict[str, Column] = dict(columns)
+        for name in self._compressed:
+            sent[name] = compress(columns[name])
+        self._replay.insert(sent, priorities, _INSERT_WAIT_S)
 
     def flush(self, policy: ActingPolicy) -> None:
         """Sends all that is held and waits for it (on stop); gives up at the first refusal."""
@@ -179,9 +208,17 @@ class Actor:
         rpc = ThreadPoolExecutor(max_workers=2, thread_name_prefix="actor-rpc")
         session = _Session(self._learner, registration, policy, self._metrics, self._client_name, rpc)
         builder = NStepBuilder(len(environments), spec.n_step, spec.discount)
-        rollout = Rollout(environments, builder, session.seed)
+        # Atari learning signals (the spec's atari message; both false when it has none).
+        rollout = Rollout(
+            environments,
+            builder,
+            session.seed,
+            clip_rewards=spec.atari.clip_rewards,
+            terminal_on_life_loss=spec.atari.terminal_on_life_loss,
+        )
         replay = ShardedReplayClient(list(registration.replay_addresses), seed=session.seed)
-        outbox = Outbox(replay, settings.insert_batch_size, self._metrics, rpc)
+        compressed = OBSERVATION_COLUMNS if settings.observation_codec != tensor_pb2.CODEC_UNSPECIFIED else ()
+        outbox = Outbox(replay, settings.insert_batch_size, self._metrics, rpc, compressed=compressed)
         logger.info(
             "actor running actor_id=%d exploration=%s environments=%d",
             session.actor_id,

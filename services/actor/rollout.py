@@ -20,16 +20,34 @@ class EpisodeStats:
 
 
 class Rollout:
-    """E environments in lockstep: one batched policy call per step, episodes reset as they end."""
+    """E environments in lockstep: one batched policy call per step, episodes reset as they end.
 
-    def __init__(self, environments: list[gym.Env[Any, Any]], builder: NStepBuilder, seed: int) -> None:
+    Two learning-only signals (the standard Atari ones) change what the n-step builder sees,
+    never the episodes or their returns: ``clip_rewards`` gives it ``sign(reward)``, and
+    ``terminal_on_life_loss`` marks a step terminal when ``info["lives"]`` drops, so no
+    return bootstraps across a lost life, while the game goes on without a reset.
+    """
+
+    def __init__(
+        self,
+        environments: list[gym.Env[Any, Any]],
+        builder: NStepBuilder,
+        seed: int,
+        clip_rewards: bool = False,
+        terminal_on_life_loss: bool = False,
+    ) -> None:
         self._environments = environments
         self._builder = builder
+        self._clip_rewards = clip_rewards
+        self._terminal_on_life_loss = terminal_on_life_loss
         self._returns = np.zeros(len(environments))
         self.stats = EpisodeStats()
-        self.observations = np.stack(
-            [env.reset(seed=seed + index)[0] for index, env in enumerate(environments)]
-        )
+        resets = [env.reset(seed=seed + index) for index, env in enumerate(environments)]
+        self.observations = np.stack([observation for observation, _ in resets])
+        # Lives left in each game (read only with terminal_on_life_loss); NaN: none reported, never a loss.
+        self._lives = np.full(len(environments), np.nan)
+        if terminal_on_life_loss:
+            self._lives[:] = [_lives(info) for _, info in resets]
 
     @property
     def num_environments(self) -> int:
@@ -43,16 +61,29 @@ class Rollout:
         rewards = np.array([result[1] for result in results], dtype=np.float64)
         terminated = np.array([result[2] for result in results], dtype=bool)
         truncated = np.array([result[3] for result in results], dtype=bool)
+        ended = terminated | truncated
+        learned_terminal = terminated
+        if self._terminal_on_life_loss:
+            lives = np.array([_lives(result[4]) for result in results], dtype=np.float64)
+            learned_terminal = terminated | (lives < self._lives)  # NaN compares False
+            self._lives = lives
         transitions = self._builder.add(
-            self.observations, actions, rewards, next_observations, terminated, truncated
+            self.observations,
+            actions,
+            np.sign(rewards) if self._clip_rewards else rewards,
+            next_observations,
+            learned_terminal,
+            truncated,
         )
         self._returns += rewards
         following = next_observations.copy()
-        for index in np.flatnonzero(terminated | truncated):
+        for index in np.flatnonzero(ended):
             self.stats.episodes += 1
             self.stats.last_return = float(self._returns[index])
             self._returns[index] = 0.0
-            following[index] = self._environments[index].reset()[0]
+            following[index], info = self._environments[index].reset()
+            if self._terminal_on_life_loss:
+                self._lives[index] = _lives(info)
         self.observations = following
         return transitions
 
@@ -62,3 +93,8 @@ class Rollout:
     def close(self) -> None:
         for environment in self._environments:
             environment.close()
+
+
+def _lives(info: dict[str, Any]) -> float:
+    """The lives an environment's info reports (ale-py does), NaN when it reports none."""
+    return float(info.get("lives", np.nan))

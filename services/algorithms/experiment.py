@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from google.protobuf import struct_pb2
 from pydantic import Discriminator, Tag
 
+from apexrl.common.v1 import tensor_pb2
 from apexrl.learner.v1 import learner_pb2
 from services.algorithms.apex_dqn.config import ApexDqnConfig
 from services.algorithms.sac.config import SacConfig
@@ -70,6 +71,7 @@ def experiment_spec(config: ExperimentConfig) -> learner_pb2.ExperimentSpec:
     """What an actor needs to know of the experiment, as sent on registration."""
     options = struct_pb2.Struct()
     options.update(config.environment.options)
+    atari = config.environment.atari
     return learner_pb2.ExperimentSpec(
         algorithm=config.algorithm.wire_algorithm,
         environment_id=config.environment.id,
@@ -79,6 +81,15 @@ def experiment_spec(config: ExperimentConfig) -> learner_pb2.ExperimentSpec:
         discount=config.algorithm.discount,
         seed=config.general.seed,
         frame_stack=config.environment.frame_stack,
+        atari=None
+        if atari is None
+        else learner_pb2.AtariPreprocessing(
+            noop_max=atari.noop_max,
+            frame_skip=atari.frame_skip,
+            screen_size=atari.screen_size,
+            terminal_on_life_loss=atari.terminal_on_life_loss,
+            clip_rewards=atari.clip_rewards,
+        ),
     )
 
 
@@ -88,4 +99,12 @@ def actor_settings(config: ExperimentConfig) -> learner_pb2.ActorSettings:
         environments_per_actor=actor.environments_per_actor,
         insert_batch_size=actor.insert_batch_size,
         parameter_refresh_steps=actor.parameter_refresh_steps,
+        observation_codec=_observation_codec(config),
     )
+
+
+def _observation_codec(config: ExperimentConfig) -> tensor_pb2.Codec.ValueType:
+    choice = config.algorithm.actor.observation_compression
+    if choice == "auto":
+        choice = "zstd" if config.environment.atari is not None else "none"
+    return tensor_pb2.CODEC_ZSTD if choice == "zstd" else tensor_pb2.CODEC_UNSPECIFIED

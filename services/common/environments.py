@@ -8,30 +8,92 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.wrappers import FrameStackObservation, TransformObservation
+from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, TransformObservation
 from numpy.typing import NDArray
 
 
+@dataclass(frozen=True)
+class AtariSettings:
+    """The standard DQN preprocessing of Atari games (Mnih et al. 2015, Machado et al. 2018).
+
+    The environment applies the first three (gymnasium's ``AtariPreprocessing``); the last
+    two are learning signals only, applied by the actor's rollout, so the evaluator's
+    returns stay full-game returns.
+    """
+
+    noop_max: int = 30  # at most this many no-op actions at reset (a uniform number in 1..noop_max)
+    frame_skip: int = 4  # emulator frames per step, the action repeated; the last two max-pooled
+    screen_size: int = 84  # side of the square grayscale frame
+    terminal_on_life_loss: bool = True  # actors end n-step returns at a lost life
+    clip_rewards: bool = True  # actors learn from sign(reward)
+
+
 def make_environment(
-    environment_id: str, options: Mapping[str, Any], frame_stack: int = 1
+    environment_id: str,
+    options: Mapping[str, Any],
+    frame_stack: int = 1,
+    atari: AtariSettings | None = None,
 ) -> gym.Env[Any, Any]:
-    """``gymnasium.make(id, **options)``, with ``frame_stack`` frames stacked on the last axis."""
+    """``gymnasium.make(id, **options)``, with ``frame_stack`` frames stacked on the last axis.
+
+    With ``atari``, the ALE game is made with ``frameskip=1`` and wrapped in gymnasium's
+    ``AtariPreprocessing`` (no-op starts, frame skipping with max-pooling, grayscale
+    ``screen_size`` frames): observations are uint8 ``[screen_size, screen_size, frame_stack]``.
+    The environment never ends an episode on a lost life and never clips rewards.
+    """
+    if atari is not None:
+        return _make_atari(environment_id, options, frame_stack, atari)
+    environment = _make(environment_id, options)
+    return _stack_frames(environment, frame_stack) if frame_stack > 1 else environment
+
+
+def _make(environment_id: str, options: Mapping[str, Any]) -> gym.Env[Any, Any]:
     try:
-        environment = gym.make(environment_id, **dict(options))
+        return gym.make(environment_id, **dict(options))
     except gym.error.Error as error:
         raise ValueError(f"cannot create environment {environment_id!r}: {error}") from error
-    if frame_stack > 1:
-        environment = FrameStackObservation(environment, frame_stack)
-        stacked = environment.observation_space
-        assert isinstance(stacked, gym.spaces.Box)
-        # FrameStackObservation stacks on a new first axis; images want it last ([H, W, frames]).
-        low, high = np.moveaxis(stacked.low, 0, -1), np.moveaxis(stacked.high, 0, -1)
-        environment = TransformObservation(
-            environment,
-            lambda observation: np.moveaxis(observation, 0, -1),
-            gym.spaces.Box(low=low, high=high, dtype=stacked.dtype),
+
+
+def _make_atari(
+    environment_id: str, options: Mapping[str, Any], frame_stack: int, atari: AtariSettings
+) -> gym.Env[Any, Any]:
+    import ale_py  # noqa: PLC0415 (only Atari experiments need ale-py)
+
+    gym.register_envs(ale_py)
+    frameskip = options.get("frameskip", 1)
+    if frameskip != 1:
+        raise ValueError(
+            f"environment option frameskip={frameskip!r}: Atari preprocessing skips frames itself "
+            "(set atari.frame_skip instead); frameskip must be 1 or unset"
         )
-    return environment
+    # The wrapper reads the screen from the emulator itself; a grayscale observation underneath
+    # is the cheapest one to produce.
+    made = _make(environment_id, {"obs_type": "grayscale", **options, "frameskip": 1})
+    environment: gym.Env[Any, Any] = AtariPreprocessing(
+        made,
+        noop_max=atari.noop_max,
+        frame_skip=atari.frame_skip,
+        screen_size=atari.screen_size,
+        terminal_on_life_loss=False,
+        grayscale_obs=True,
+        # One frame keeps a channel axis, so observations are [H, W, frames] either way.
+        grayscale_newaxis=frame_stack == 1,
+        scale_obs=False,
+    )
+    return _stack_frames(environment, frame_stack) if frame_stack > 1 else environment
+
+
+def _stack_frames(environment: gym.Env[Any, Any], frame_stack: int) -> gym.Env[Any, Any]:
+    environment = FrameStackObservation(environment, frame_stack)
+    stacked = environment.observation_space
+    assert isinstance(stacked, gym.spaces.Box)
+    # FrameStackObservation stacks on a new first axis; images want it last ([H, W, frames]).
+    low, high = np.moveaxis(stacked.low, 0, -1), np.moveaxis(stacked.high, 0, -1)
+    return TransformObservation(
+        environment,
+        lambda observation: np.moveaxis(observation, 0, -1),
+        gym.spaces.Box(low=low, high=high, dtype=stacked.dtype),
+    )
 
 
 @dataclass(frozen=True)
@@ -87,10 +149,13 @@ def environment_spec(environment: gym.Env[Any, Any]) -> EnvironmentSpec:
 
 
 def describe_environment(
-    environment_id: str, options: Mapping[str, Any], frame_stack: int = 1
+    environment_id: str,
+    options: Mapping[str, Any],
+    frame_stack: int = 1,
+    atari: AtariSettings | None = None,
 ) -> EnvironmentSpec:
     """Creates the environment once to read its spec, then closes it."""
-    environment = make_environment(environment_id, options, frame_stack)
+    environment = make_environment(environment_id, options, frame_stack, atari)
     try:
         return environment_spec(environment)
     finally:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
 from services.common.config import StrictModel
+
+if TYPE_CHECKING:
+    from services.common.environments import AtariSettings
 
 
 class GeneralConfig(StrictModel):
@@ -39,6 +42,13 @@ class ActorConfig(StrictModel):
     environments_per_actor: int = Field(4, ge=1, le=256)
     insert_batch_size: int = Field(64, ge=1, le=65_536, description="Transitions per insert request.")
     parameter_refresh_steps: int = Field(200, ge=1, description="Actor steps between parameter pulls.")
+    observation_compression: Literal["auto", "zstd", "none"] = Field(
+        "auto",
+        description=(
+            "How actors compress the observation columns they insert (each item on its own, kept "
+            "compressed in the replay); auto = zstd for Atari environments, none otherwise."
+        ),
+    )
 
 
 class OffPolicyConfig(StrictModel):
@@ -64,9 +74,38 @@ class OffPolicyConfig(StrictModel):
     actor: ActorConfig = ActorConfig()
 
 
+class AtariConfig(StrictModel):
+    """The standard DQN preprocessing of an Atari game; its presence makes the environment an Atari one.
+
+    The environment does the first three (gymnasium's AtariPreprocessing); the last two are
+    learning signals the actors apply, so evaluation returns stay full-game returns.
+    """
+
+    noop_max: int = Field(30, ge=0, le=1000, description="Most no-op actions at reset; 0 = none.")
+    frame_skip: int = Field(
+        4, ge=1, le=16, description="Emulator frames per step (action repeated, last two max-pooled)."
+    )
+    screen_size: int = Field(84, ge=16, le=512, description="Side of the square grayscale frame.")
+    terminal_on_life_loss: bool = Field(
+        True, description="Actors end n-step returns at a lost life; the game goes on."
+    )
+    clip_rewards: bool = Field(True, description="Actors learn from sign(reward); returns stay the game's.")
+
+
 class EnvironmentConfig(StrictModel):
     """The gymnasium environment actors and the evaluator create."""
 
     id: str = Field("CartPole-v1", min_length=1, description="gymnasium id.")
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of gymnasium.make.")
     frame_stack: int = Field(1, ge=1, le=16)
+    atari: AtariConfig | None = Field(
+        None, description="Atari preprocessing (ALE/... ids, needs the atari extra); none by default."
+    )
+
+    def atari_settings(self) -> AtariSettings | None:
+        """The ``atari`` section as make_environment takes it (imports gymnasium only when set)."""
+        if self.atari is None:
+            return None
+        from services.common.environments import AtariSettings  # noqa: PLC0415 (keeps the launcher light)
+
+        return AtariSettings(**self.atari.model_dump())

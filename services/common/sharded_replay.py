@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import numpy as np
@@ -27,6 +28,7 @@ from numpy.typing import NDArray
 from apexrl.replay.v1 import replay_pb2, replay_pb2_grpc
 from services.common import tensor_codec
 from services.common.channels import create_channel
+from services.common.encoded import Column, EncodedItems, decompress, join_rows, take_rows
 from services.common.serving import DEFAULT_MAX_MESSAGE_BYTES
 
 logger = logging.getLogger(__name__)
@@ -51,36 +53,78 @@ class ShardedSample:
     keys: NDArray[np.int64]
     probabilities: NDArray[np.float64]
     importance_weights: NDArray[np.float32]
-    columns: dict[str, NDArray[np.generic]]
+    columns: dict[str, Column]
     total_size: int
 
-    def split(self, parts: int, rng: np.random.Generator) -> list[ShardedSample]:
+    def pieces(self, parts: int, rng: np.random.Generator) -> list[SamplePiece]:
         """``parts`` batches of equal size from this one, each itself a valid prioritized batch.
 
         The items are independent draws, so a random permutation cut into equal pieces
         gives independent batches; each piece's importance weights are renormalized by
-        its own maximum, as one batch's are. The batch size must divide evenly.
+        its own maximum, as one batch's are. The batch size must divide evenly. A piece
+        copies nothing until it is written out (:meth:`SamplePiece.write_into`).
         """
         size = self.keys.shape[0]
         if parts < 1 or size % parts:
             raise ValueError(f"cannot split a batch of {size} into {parts} equal parts")
         if parts == 1:
+            return [SamplePiece(self, np.arange(size))]
+        return [SamplePiece(self, rows) for rows in rng.permutation(size).reshape(parts, size // parts)]
+
+    def split(self, parts: int, rng: np.random.Generator) -> list[ShardedSample]:
+        """:meth:`pieces`, each copied out as a batch of its own."""
+        if parts == 1:
+            self.pieces(1, rng)  # the same checks
             return [self]
-        pieces = rng.permutation(size).reshape(parts, size // parts)
-        batches = []
-        for piece in pieces:
-            weights = self.importance_weights[piece]
-            batches.append(
-                ShardedSample(
-                    shards=self.shards[piece],
-                    keys=self.keys[piece],
-                    probabilities=self.probabilities[piece],
-                    importance_weights=weights / weights.max(),
-                    columns={name: column[piece] for name, column in self.columns.items()},
-                    total_size=self.total_size,
-                )
-            )
-        return batches
+        return [piece.materialize() for piece in self.pieces(parts, rng)]
+
+
+@dataclass(frozen=True)
+class SamplePiece:
+    """The rows ``rows`` of a sampled batch, as a batch of their own."""
+
+    sample: ShardedSample
+    rows: NDArray[np.int64]
+
+    @property
+    def shards(self) -> NDArray[np.int64]:
+        return self.sample.shards[self.rows]
+
+    @property
+    def keys(self) -> NDArray[np.int64]:
+        return self.sample.keys[self.rows]
+
+    @property
+    def importance_weights(self) -> NDArray[np.float32]:
+        weights: NDArray[np.float32] = self.sample.importance_weights[self.rows]
+        normalized: NDArray[np.float32] = weights / weights.max()
+        return normalized
+
+    def column_shapes(self) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
+        """Each column's decoded shape and dtype for this piece."""
+        count = len(self.rows)
+        return {
+            name: ((count, *column.shape[1:]), column.dtype) for name, column in self.sample.columns.items()
+        }
+
+    def write_into(self, out: Mapping[str, NDArray[Any]]) -> None:
+        """Writes the piece's columns, decoded, into ``out`` (one array per column, of its shape)."""
+        for name, column in self.sample.columns.items():
+            target = out[name]
+            if isinstance(column, EncodedItems):
+                np.copyto(target, decompress(column.take(self.rows)))
+            else:
+                np.take(column, self.rows, axis=0, out=target)
+
+    def materialize(self) -> ShardedSample:
+        return ShardedSample(
+            shards=self.shards,
+            keys=self.keys,
+            probabilities=self.sample.probabilities[self.rows],
+            importance_weights=self.importance_weights,
+            columns={name: take_rows(column, self.rows) for name, column in self.sample.columns.items()},
+            total_size=self.sample.total_size,
+        )
 
 
 @dataclass
@@ -275,7 +319,7 @@ class ShardedReplayClient:
         for parts in column_parts[1:]:
             if parts.keys() != names:
                 raise ValueError(f"shards hold different columns: {sorted(names)} vs {sorted(parts)}")
-        columns = {name: np.concatenate([parts[name] for parts in column_parts]) for name in names}
+        columns = {name: join_rows([parts[name] for parts in column_parts]) for name in names}
         probability = np.concatenate(probabilities)
         total_size = sum(self._shards[i].size for i in eligible)
         weights = (total_size * probability) ** -importance_exponent
@@ -322,7 +366,7 @@ class ShardedReplayClient:
 
     def insert(
         self,
-        columns: Mapping[str, NDArray[np.generic]],
+        columns: Mapping[str, Column],
         priorities: NDArray[np.floating],
         max_wait_s: float = 0.0,
     ) -> tuple[int, NDArray[np.int64]]:

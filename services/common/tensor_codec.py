@@ -10,6 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from apexrl.common.v1 import tensor_pb2
+from services.common.encoded import CODECS, Codec, Column, EncodedItems
 
 _WIRE_TO_NUMPY: dict[int, np.dtype[np.generic]] = {
     tensor_pb2.DATA_TYPE_FLOAT32: np.dtype("<f4"),
@@ -101,22 +102,82 @@ def decode(tensor: tensor_pb2.Tensor, name: str = "tensor") -> NDArray[Any]:
     return array
 
 
-def encode_columns_into(
-    batch: tensor_pb2.TransitionBatch, columns: Mapping[str, NDArray[np.generic]]
-) -> None:
-    for name, array in columns.items():
-        encode_into(batch.columns[name], array)
+_CODEC_TO_WIRE: dict[Codec, tensor_pb2.Codec.ValueType] = {"zstd": tensor_pb2.CODEC_ZSTD}
+_WIRE_TO_CODEC = {value: codec for codec, value in _CODEC_TO_WIRE.items()}
+assert set(_CODEC_TO_WIRE) == set(CODECS)
 
 
-def encode_columns(columns: Mapping[str, NDArray[np.generic]]) -> tensor_pb2.TransitionBatch:
+def wire_codec(codec: Codec) -> tensor_pb2.Codec.ValueType:
+    return _CODEC_TO_WIRE[codec]
+
+
+def codec_from_wire(value: int, name: str = "codec") -> Codec:
+    """The codec of a wire enum value; ValueError for unknown or unspecified values."""
+    try:
+        return _WIRE_TO_CODEC[value]  # type: ignore[index]
+    except KeyError:
+        raise ValueError(f"{name}: unknown or unspecified codec {value}") from None
+
+
+def encode_encoded_into(column: tensor_pb2.EncodedColumn, items: EncodedItems) -> None:
+    column.codec = _CODEC_TO_WIRE[items.codec]
+    column.item_spec.CopyFrom(encode_spec(items.dtype, items.item_shape))
+    encode_into(column.sizes, items.sizes)
+    column.data = items.data.tobytes()
+
+
+def decode_encoded(column: tensor_pb2.EncodedColumn, name: str) -> EncodedItems:
+    """The column's items, still compressed; ValueError naming ``name`` when malformed.
+
+    Checks the framing only (codec, item spec, sizes against the data); whether the
+    bytes decompress is :func:`services.common.encoded.check_encoded`'s to tell.
+    """
+    codec = codec_from_wire(column.codec, name)
+    try:
+        dtype = numpy_dtype(column.item_spec.dtype)
+    except ValueError:
+        raise ValueError(f"{name}: unknown or unspecified item dtype {column.item_spec.dtype}") from None
+    item_shape = tuple(column.item_spec.shape)
+    if any(dimension < 0 for dimension in item_shape):
+        raise ValueError(f"{name}: negative dimension in item shape {list(item_shape)}")
+    sizes = decode(column.sizes, f"{name} sizes")
+    if sizes.dtype != np.int64 or sizes.ndim != 1:
+        raise ValueError(f"{name}: sizes must be int64 [N], got {sizes.dtype.name}{list(sizes.shape)}")
+    data = np.frombuffer(column.data, dtype=np.uint8)
+    if len(sizes) and int(sizes.min()) < 1:
+        index = int(np.flatnonzero(sizes < 1)[0])
+        raise ValueError(f"{name}: sizes[{index}] = {int(sizes[index])}; every item needs at least 1 byte")
+    if int(sizes.sum()) != data.shape[0]:
+        raise ValueError(
+            f"{name}: sizes add up to {int(sizes.sum())} bytes but the data holds {data.shape[0]}"
+        )
+    return EncodedItems(codec, dtype, item_shape, sizes, data)
+
+
+def encode_columns_into(batch: tensor_pb2.TransitionBatch, columns: Mapping[str, Column]) -> None:
+    for name, column in columns.items():
+        if isinstance(column, EncodedItems):
+            encode_encoded_into(batch.encoded_columns[name], column)
+        else:
+            encode_into(batch.columns[name], column)
+
+
+def encode_columns(columns: Mapping[str, Column]) -> tensor_pb2.TransitionBatch:
     batch = tensor_pb2.TransitionBatch()
     encode_columns_into(batch, columns)
     return batch
 
 
-def decode_columns(batch: tensor_pb2.TransitionBatch) -> dict[str, NDArray[Any]]:
-    """Decodes every column; the caller checks lengths and signature."""
-    return {name: decode(tensor, f"column {name!r}") for name, tensor in batch.columns.items()}
+def decode_columns(batch: tensor_pb2.TransitionBatch) -> dict[str, Column]:
+    """Decodes every column (encoded ones stay compressed); the caller checks lengths and signature."""
+    columns: dict[str, Column] = {
+        name: decode(tensor, f"column {name!r}") for name, tensor in batch.columns.items()
+    }
+    for name, encoded in batch.encoded_columns.items():
+        if name in columns:
+            raise ValueError(f"column {name!r} is given both raw and encoded")
+        columns[name] = decode_encoded(encoded, f"column {name!r}")
+    return columns
 
 
 def encode_named(tensors: Mapping[str, NDArray[np.generic]]) -> tensor_pb2.NamedTensors:

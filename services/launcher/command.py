@@ -57,7 +57,7 @@ def _ensure_learning_curve(run_dir: Path, title: str) -> None:
 
 def run_command(
     config: Annotated[
-        str | None, typer.Argument(help="Experiment YAML file or preset (cartpole, acrobot).")
+        str | None, typer.Argument(help="Experiment YAML file or preset (see configs/).")
     ] = None,
     actors: Annotated[int, typer.Option(min=1, max=256, help="Actor processes.")] = 2,
     shards: Annotated[int, typer.Option(min=1, max=64, help="Replay shard processes.")] = 2,

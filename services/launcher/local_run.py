@@ -94,7 +94,7 @@ class LocalRun:
             "--priority-exponent",
             str(algorithm.priority_exponent),
             "--snapshot-path",
-            str(self.run_dir / f"replay-{index}.safetensors"),
+            str(self.run_dir / f"replay-{index}.snapshot"),
             "--seed",
             str(self.config.general.seed + index),
         ]

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -45,6 +45,7 @@ from numpy.typing import NDArray
 
 from services.common.local_process import die_with_parent
 from services.common.logs import configure_logging
+from services.common.sharded_replay import SamplePiece
 from services.learner.replay_feed import BatchPrefetcher, PrioritySender
 
 logger = logging.getLogger(__name__)
@@ -90,10 +91,11 @@ class SlotLayout:
     fields: tuple[_Field, ...]
 
     @classmethod
-    def for_batch(cls, slots: int, arrays: dict[str, NDArray[Any]]) -> SlotLayout:
+    def for_batch(cls, slots: int, arrays: Mapping[str, tuple[tuple[int, ...], np.dtype[Any]]]) -> SlotLayout:
+        """Slots for arrays of the given shapes and dtypes."""
         fields, offset = [], 0
-        for name, array in arrays.items():
-            field = _Field(name, array.dtype.str, tuple(array.shape), offset)
+        for name, (shape, dtype) in arrays.items():
+            field = _Field(name, dtype.str, tuple(shape), offset)
             fields.append(field)
             offset += -(-field.nbytes // _ALIGN) * _ALIGN
         return cls(slots, max(offset, _ALIGN), tuple(fields))
@@ -382,20 +384,17 @@ class _Worker:
                 batch = self._prefetcher.get(timeout_s=0.2)
                 if batch is None:
                     continue
-                arrays = {
-                    **batch.columns,
-                    _KEYS: batch.keys,
-                    _SHARDS: batch.shards,
-                    _WEIGHTS: batch.importance_weights,
-                }
                 if not self._views:
-                    self._create_slots(arrays)
+                    self._create_slots(batch)
                 slot = self._free_slot()
                 if slot is None:
                     break
                 views = self._views[slot]
-                for name, array in arrays.items():
-                    views[name][...] = array
+                # Straight into the slot: one copy of each column, decoded there if it came compressed.
+                batch.write_into(views)
+                views[_KEYS][...] = batch.keys
+                views[_SHARDS][...] = batch.shards
+                views[_WEIGHTS][...] = batch.importance_weights
                 self._out.write(_FRAME.pack(_BATCH, slot))
                 self._out.flush()
         except BrokenPipeError:
@@ -414,9 +413,18 @@ class _Worker:
             self._sender.dropped,
         )
 
-    def _create_slots(self, arrays: dict[str, NDArray[Any]]) -> None:
-        priorities = np.zeros(len(arrays[_KEYS]), np.float64)  # the learner writes them back here
-        layout = SlotLayout.for_batch(self._slot_count, {**arrays, _PRIORITIES: priorities})
+    def _create_slots(self, batch: SamplePiece) -> None:
+        count = (len(batch.rows),)
+        layout = SlotLayout.for_batch(
+            self._slot_count,
+            {
+                **batch.column_shapes(),
+                _KEYS: (count, np.dtype(np.int64)),
+                _SHARDS: (count, np.dtype(np.int64)),
+                _WEIGHTS: (count, np.dtype(np.float32)),
+                _PRIORITIES: (count, np.dtype(np.float64)),  # the learner writes them back here
+            },
+        )
         os.ftruncate(self._slots_fd, layout.total_bytes)
         self._slots_map = mmap.mmap(self._slots_fd, layout.total_bytes)
         self._views = [layout.views(self._slots_map, slot) for slot in range(layout.slots)]

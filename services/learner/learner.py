@@ -125,7 +125,10 @@ class Learner:
     def _restore_or_create(self) -> tuple[LearnerCore, TrainingCounters]:
         config = self.config
         environment = describe_environment(
-            config.environment.id, config.environment.options, config.environment.frame_stack
+            config.environment.id,
+            config.environment.options,
+            config.environment.frame_stack,
+            config.environment.atari_settings(),
         )
         self.family.check_environment(environment)
         device = resolve_device(config.general.device)

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 from numpy.typing import NDArray
 
-from services.common.sharded_replay import ReplayUnavailableError, ShardedReplayClient, ShardedSample
+from services.common.sharded_replay import ReplayUnavailableError, SamplePiece, ShardedReplayClient
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class BatchPrefetcher:
         self._batches_per_request = batches_per_request
         self._importance_exponent = importance_exponent
         self._min_replay_size = min_replay_size
-        self._batches: queue.Queue[ShardedSample] = queue.Queue(maxsize=max(depth, batches_per_request))
+        self._batches: queue.Queue[SamplePiece] = queue.Queue(maxsize=max(depth, batches_per_request))
         self._stop = threading.Event()
         self.replay_size = 0
         self.replay_capacity = 0
@@ -89,7 +89,7 @@ class BatchPrefetcher:
         )
         self.sample_seconds = time.perf_counter() - started
         self.replay_size = sample.total_size
-        pending = sample.split(self._batches_per_request, self._rng)
+        pending = sample.pieces(self._batches_per_request, self._rng)
         while pending and not self._stop.is_set():
             try:
                 self._batches.put(pending[0], timeout=0.2)
@@ -97,7 +97,8 @@ class BatchPrefetcher:
             except queue.Full:
                 continue
 
-    def get(self, timeout_s: float) -> ShardedSample | None:
+    def get(self, timeout_s: float) -> SamplePiece | None:
+        """The next batch: rows of a sample, written out (decoded) by whoever takes it."""
         try:
             return self._batches.get(timeout=timeout_s)
         except queue.Empty:

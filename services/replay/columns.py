@@ -1,26 +1,60 @@
-"""Preallocated column storage for a ring of transitions, allocated from the first batch's signature."""
+"""Preallocated column storage for a ring of transitions, allocated from the first batch's signature.
+
+A dense column is one array of ``capacity`` rows. An encoded column (items
+compressed one by one) keeps its items' bytes as they came, in a :class:`ByteRing`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import operator
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
+from services.common.encoded import Codec, Column, EncodedItems
+from services.replay.byte_ring import ByteRing
+
 
 @dataclass(frozen=True)
 class ColumnSpec:
-    """Dtype and per-item shape of one stored column."""
+    """Dtype and per-item shape of one stored column; ``codec`` for one stored encoded."""
 
     dtype: np.dtype[np.generic]
     shape: tuple[int, ...]
+    codec: Codec | None = None
 
     def describe(self) -> str:
-        return f"{self.dtype.name}{list(self.shape)}"
+        dense = f"{self.dtype.name}{list(self.shape)}"
+        return dense if self.codec is None else f"{dense} encoded with {self.codec}"
 
 
-Columns = Mapping[str, NDArray[np.generic]]
+Columns = Mapping[str, Column]
+
+# Dense columns with rows at least this large (image frames) keep a memoryview per slot, so
+# a sampled reply is joined straight from the stored rows: one copy instead of a gather and a copy.
+ROW_VIEW_MIN_BYTES = 4096
+
+
+@dataclass(frozen=True, eq=False)
+class StoredRows:
+    """Sampled rows of a dense column as views of the table's own storage.
+
+    Valid only while the table's lock is held: an insert may overwrite the rows.
+    """
+
+    dtype: np.dtype[np.generic]
+    item_shape: tuple[int, ...]
+    rows: tuple[memoryview, ...]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.rows) * math.prod(self.item_shape) * self.dtype.itemsize
 
 
 def batch_length(columns: Columns) -> int:
@@ -28,10 +62,10 @@ def batch_length(columns: Columns) -> int:
     if not columns:
         raise ValueError("batch has no columns")
     lengths: dict[str, int] = {}
-    for name, array in columns.items():
-        if array.ndim == 0:
+    for name, column in columns.items():
+        if not isinstance(column, EncodedItems) and column.ndim == 0:
             raise ValueError(f"column {name!r} is a scalar; columns need a leading batch dimension")
-        lengths[name] = array.shape[0]
+        lengths[name] = len(column)
     if len(set(lengths.values())) > 1:
         listed = ", ".join(f"{name!r}: {length}" for name, length in sorted(lengths.items()))
         raise ValueError(f"ragged batch: columns have different lengths ({listed})")
@@ -41,61 +75,116 @@ def batch_length(columns: Columns) -> int:
     return first_length
 
 
+def spec_of(column: Column) -> ColumnSpec:
+    if isinstance(column, EncodedItems):
+        return ColumnSpec(column.dtype, column.item_shape, column.codec)
+    return ColumnSpec(column.dtype, tuple(column.shape[1:]))
+
+
 def signature_of(columns: Columns) -> dict[str, ColumnSpec]:
-    return {name: ColumnSpec(array.dtype, tuple(array.shape[1:])) for name, array in columns.items()}
+    return {name: spec_of(column) for name, column in columns.items()}
 
 
 class ColumnStore:
-    """One array per column with ``capacity`` rows; rows are written and read by slot."""
+    """The columns of ``capacity`` slots; item ``sequence`` lives in slot ``sequence % capacity``."""
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
+        self._signature: dict[str, ColumnSpec] = {}
         self._arrays: dict[str, NDArray[np.generic]] = {}
+        self._rings: dict[str, ByteRing] = {}
+        self._row_views: dict[str, list[memoryview]] = {}
+        self._largest_encoded: dict[str, int] = {}
 
     @property
     def signature(self) -> dict[str, ColumnSpec]:
-        return {name: ColumnSpec(array.dtype, tuple(array.shape[1:])) for name, array in self._arrays.items()}
+        return dict(self._signature)
 
     @property
     def allocated(self) -> bool:
-        return bool(self._arrays)
+        return bool(self._signature)
 
     def item_bytes(self) -> int:
-        """Bytes of one stored transition over all columns."""
-        return sum(array[0].nbytes for array in self._arrays.values())
+        """Bytes one transition takes in a reply at most: its dense rows, its largest encoded items."""
+        dense = sum(int(array[0].nbytes) for array in self._arrays.values())
+        return dense + sum(self._largest_encoded.values())
+
+    def storage_bytes(self) -> int:
+        """Bytes allocated for items: the dense arrays and the encoded columns' arenas."""
+        dense = sum(int(array.nbytes) for array in self._arrays.values())
+        return dense + sum(ring.allocated_bytes for ring in self._rings.values())
 
     def check(self, columns: Columns) -> None:
         """Raises ValueError naming the first column that does not match the stored signature."""
-        if not self._arrays:
+        if not self._signature:
             return
-        missing = sorted(set(self._arrays) - set(columns))
-        extra = sorted(set(columns) - set(self._arrays))
+        missing = sorted(set(self._signature) - set(columns))
+        extra = sorted(set(columns) - set(self._signature))
         if missing:
             raise ValueError(f"batch lacks column(s) {missing} of the table signature")
         if extra:
             raise ValueError(f"batch has column(s) {extra} not in the table signature")
-        for name, stored in self._arrays.items():
-            array = columns[name]
-            if array.dtype != stored.dtype or array.shape[1:] != stored.shape[1:]:
-                expected = ColumnSpec(stored.dtype, tuple(stored.shape[1:])).describe()
-                got = ColumnSpec(array.dtype, tuple(array.shape[1:])).describe()
-                raise ValueError(f"column {name!r} is {got} but the table signature has {expected}")
+        for name, stored in self._signature.items():
+            got = spec_of(columns[name])
+            if got != stored:
+                raise ValueError(
+                    f"column {name!r} is {got.describe()} but the table signature has {stored.describe()}"
+                )
 
-    def allocate(self, signature: Mapping[str, ColumnSpec]) -> None:
-        # np.empty reserves address space only; pages become resident as rows are written.
-        self._arrays = {
-            name: np.empty((self._capacity, *spec.shape), dtype=spec.dtype)
-            for name, spec in signature.items()
-        }
+    def allocate(self, columns: Columns) -> None:
+        """Storage for the signature of ``columns`` (the first batch, or a snapshot's rows)."""
+        self._signature = signature_of(columns)
+        for name, column in columns.items():
+            if isinstance(column, EncodedItems):
+                self._rings[name] = ByteRing(self._capacity, column)
+                self._largest_encoded[name] = 0
+            else:
+                # np.empty reserves address space only; pages become resident as rows are written.
+                array = np.empty((self._capacity, *column.shape[1:]), dtype=column.dtype)
+                self._arrays[name] = array
+                row_bytes = array[0].nbytes if self._capacity else 0
+                if row_bytes >= ROW_VIEW_MIN_BYTES:
+                    # One view per slot, made once: sampling then picks views, never copies rows.
+                    flat = array.reshape(-1).view(np.uint8).data
+                    starts = range(0, flat.nbytes, row_bytes)
+                    self._row_views[name] = [flat[start : start + row_bytes] for start in starts]
 
-    def write(self, start: int, columns: Columns, begin: int, end: int) -> None:
-        """Copies rows ``begin:end`` of the batch to slots ``start .. start + end - begin - 1``."""
+    def write(self, first_sequence: int, columns: Columns) -> None:
+        """Stores the batch as items ``first_sequence ..``, wrapping round the ring."""
+        count = len(next(iter(columns.values())))
+        start = first_sequence % self._capacity
+        head = min(count, self._capacity - start)
         for name, array in self._arrays.items():
-            array[start : start + end - begin] = columns[name][begin:end]
+            rows = columns[name]
+            assert not isinstance(rows, EncodedItems)
+            array[start : start + head] = rows[:head]
+            array[: count - head] = rows[head:]
+        for name, ring in self._rings.items():
+            items = columns[name]
+            assert isinstance(items, EncodedItems)
+            ring.write(first_sequence, items)
+            self._largest_encoded[name] = max(self._largest_encoded[name], int(items.sizes.max()))
 
-    def gather(self, slots: NDArray[np.int64]) -> dict[str, NDArray[np.generic]]:
-        return {name: np.take(array, slots, axis=0) for name, array in self._arrays.items()}
+    def gather_in_place(self, slots: NDArray[np.int64]) -> dict[str, Column | StoredRows]:
+        """As :meth:`gather`, but large dense rows come as views of the storage (valid under the lock)."""
+        gathered: dict[str, Column | StoredRows] = dict(self.gather(slots, skip=self._row_views.keys()))
+        if len(slots):
+            pick = operator.itemgetter(*slots.tolist())
+            for name, views in self._row_views.items():
+                picked = pick(views)
+                array = self._arrays[name]
+                rows = picked if isinstance(picked, tuple) else (picked,)
+                gathered[name] = StoredRows(array.dtype, tuple(array.shape[1:]), rows)
+        else:
+            for name in self._row_views:
+                array = self._arrays[name]
+                gathered[name] = StoredRows(array.dtype, tuple(array.shape[1:]), ())
+        return {name: gathered[name] for name in self._signature}
 
-    def head(self, count: int) -> dict[str, NDArray[np.generic]]:
-        """Views of the first ``count`` rows of every column."""
-        return {name: array[:count] for name, array in self._arrays.items()}
+    def gather(self, slots: NDArray[np.int64], skip: Collection[str] = ()) -> dict[str, Column]:
+        gathered: dict[str, Column] = {
+            name: np.take(array, slots, axis=0) for name, array in self._arrays.items() if name not in skip
+        }
+        for name, ring in self._rings.items():
+            gathered[name] = ring.gather(slots)
+        return {name: gathered[name] for name in self._signature if name in gathered}

@@ -16,7 +16,7 @@ from services.replay.columns import batch_length
 from services.replay.metrics import ReplayMetrics
 from services.replay.rate_limiter import NotEnoughDataError, RateLimitedError
 from services.replay.sample_encoding import serialize_sample
-from services.replay.table import PrioritizedTable, SampledItems
+from services.replay.table import PrioritizedTable
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ class SnapshotResult:
     path: str
     size: int
     bytes: int
+    longest_pause_s: float
+    seconds: float
 
 
 # Domain exceptions -> status codes: the one table of this servicer.
@@ -116,10 +118,10 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
 
         return self._serve("InsertTransitions", context, insert)
 
-    def SampleTransitions(  # type: ignore[override]  # serialized by serialize_sample, see add_to_server
+    def SampleTransitions(  # type: ignore[override]  # the reply's bytes, see add_to_server
         self, request: replay_pb2.SampleTransitionsRequest, context: grpc.ServicerContext
-    ) -> SampledItems:
-        def sample() -> SampledItems:
+    ) -> bytes:
+        def sample() -> bytes:
             batch_size = request.batch_size
             if not 1 <= batch_size <= MAX_SAMPLE_BATCH:
                 raise ValueError(f"batch_size must be in 1..{MAX_SAMPLE_BATCH}, got {batch_size}")
@@ -130,7 +132,9 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
                     f"a sample of {batch_size} items of {item_bytes} bytes needs a ~{reply_bytes} byte "
                     f"reply, above the {self._max_message_bytes} byte message limit; sample fewer items"
                 )
-            return self._table.sample(batch_size, _allowed_wait_s(request.max_wait_s, context))
+            # Serialized under the table's lock, straight from the stored rows.
+            wait_s = _allowed_wait_s(request.max_wait_s, context)
+            return self._table.sample_into(batch_size, wait_s, serialize_sample)
 
         return self._serve("SampleTransitions", context, sample)
 
@@ -167,6 +171,12 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
                     for name, spec in info.signature.items()
                 },
                 incarnation=info.incarnation,
+                column_codecs={
+                    name: tensor_codec.wire_codec(spec.codec)
+                    for name, spec in info.signature.items()
+                    if spec.codec is not None
+                },
+                storage_bytes=info.storage_bytes,
             )
 
         return self._serve("GetInfo", context, get_info)
@@ -178,14 +188,24 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
             if self._save_snapshot is None:
                 raise SnapshotUnavailableError("this shard was started without --snapshot-path")
             result = self._save_snapshot()
-            return replay_pb2.SaveSnapshotResponse(path=result.path, size=result.size, bytes=result.bytes)
+            return replay_pb2.SaveSnapshotResponse(
+                path=result.path,
+                size=result.size,
+                bytes=result.bytes,
+                longest_pause_s=result.longest_pause_s,
+                seconds=result.seconds,
+            )
 
         return self._serve("SaveSnapshot", context, save)
 
 
+def _already_serialized(reply: bytes) -> bytes:
+    return reply
+
+
 def add_to_server(servicer: ReplayServicer, server: grpc.Server) -> None:
-    """Registers the servicer like the generated function, but SampleTransitions replies are
-    serialized by :func:`serialize_sample` (one copy of the column bytes instead of three)."""
+    """Registers the servicer like the generated function, but SampleTransitions answers with
+    the bytes :func:`serialize_sample` made under the table's lock (one copy of the rows)."""
     messages = replay_pb2
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "InsertTransitions": grpc.unary_unary_rpc_method_handler(
@@ -196,7 +216,7 @@ def add_to_server(servicer: ReplayServicer, server: grpc.Server) -> None:
         "SampleTransitions": grpc.unary_unary_rpc_method_handler(
             servicer.SampleTransitions,
             request_deserializer=messages.SampleTransitionsRequest.FromString,
-            response_serializer=serialize_sample,
+            response_serializer=_already_serialized,
         ),
         "UpdatePriorities": grpc.unary_unary_rpc_method_handler(
             servicer.UpdatePriorities,

@@ -34,13 +34,15 @@ def _open_table(settings: ReplayShardSettings) -> PrioritizedTable:
     if path is not None and path.exists():
         started = time.perf_counter()
         state = load_snapshot(path)
+        table = PrioritizedTable(settings.capacity, settings.priority_exponent, limiter, settings.seed, state)
         logger.info(
             "snapshot loaded path=%s items=%d seconds=%.2f",
             path,
-            min(state.next_sequence, state.capacity),
+            state.rows,
             time.perf_counter() - started,
         )
-    return PrioritizedTable(settings.capacity, settings.priority_exponent, limiter, settings.seed, state)
+        return table
+    return PrioritizedTable(settings.capacity, settings.priority_exponent, limiter, settings.seed)
 
 
 class ReplayShard:
@@ -96,23 +98,23 @@ class ReplayShard:
         return f"{self.settings.host}:{self.port}"
 
     def save_snapshot(self) -> SnapshotResult:
-        """Copies the table under its lock, then writes the file outside it (one writer at a time)."""
+        """Streams the table to its snapshot file, a chunk under the lock at a time (one writer at a time)."""
         path = self.settings.snapshot_path
         if path is None:
             raise ValueError("no snapshot path configured")
         with self._snapshot_lock:
             started = time.perf_counter()
-            state = self.table.export_state()
-            written = save_snapshot(state, path)
-            size = min(state.next_sequence, state.capacity)
+            written = save_snapshot(self.table, path)
+            seconds = time.perf_counter() - started
             logger.info(
-                "snapshot saved path=%s items=%d bytes=%d seconds=%.2f",
+                "snapshot saved path=%s items=%d bytes=%d seconds=%.2f longest_pause_s=%.4f",
                 path,
-                size,
-                written,
-                time.perf_counter() - started,
+                written.rows,
+                written.bytes,
+                seconds,
+                written.longest_pause_s,
             )
-            return SnapshotResult(path=str(path), size=size, bytes=written)
+            return SnapshotResult(str(path), written.rows, written.bytes, written.longest_pause_s, seconds)
 
     def _snapshot_loop(self) -> None:
         while not self._stopping.wait(self.settings.snapshot_interval_s):

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from services.replay.columns import Columns, ColumnSpec, ColumnStore, batch_length, signature_of
+from services.common.encoded import Column, EncodedItems, check_encoded, join_rows
+from services.replay.columns import Columns, ColumnSpec, ColumnStore, StoredRows, batch_length
 from services.replay.rate_limiter import (
     NotEnoughDataError,
     RateLimitedError,
@@ -19,19 +20,25 @@ from services.replay.rate_limiter import (
 )
 from services.replay.sum_tree import SumTree
 
-# A key is (incarnation << SEQUENCE_BITS) | sequence number of the insert. The
-# sequence number gives the slot (sequence % capacity) and tells whether the item
-# is still live; the incarnation makes keys from before a restart stale.
+# A key is (incarnation << SEQUENCE_BITS) | sequence number of the item within its
+# incarnation. The sequence number gives the slot (sequence % capacity) and tells
+# whether the item is still live; the incarnation makes keys from before a restart
+# stale. A restored table numbers the items it restores from 0 again.
 SEQUENCE_BITS = 40
 _SEQUENCE_MASK = (1 << SEQUENCE_BITS) - 1
 MAX_INCARNATION = (1 << (63 - SEQUENCE_BITS)) - 1
 
+T = TypeVar("T")
+C = TypeVar("C", Column, Column | StoredRows)
+InPlace = Column | StoredRows
+
 
 @dataclass(frozen=True)
-class SampledItems:
+class SampledItems(Generic[C]):
     keys: NDArray[np.int64]
     priority_masses: NDArray[np.float64]
-    columns: dict[str, NDArray[np.generic]]
+    # Copies (Column), or in :meth:`PrioritizedTable.sample_into`'s ``finish`` StoredRows too.
+    columns: Mapping[str, C]
     total_priority_mass: float
     size: int
 
@@ -56,20 +63,56 @@ class TableInfo:
     incarnation: int
     signature: dict[str, ColumnSpec]
     item_bytes: int
+    storage_bytes: int
 
 
-@dataclass
-class TableState:
-    """Everything a snapshot holds: live rows in slot order and the counters."""
+@dataclass(frozen=True)
+class TableCounters:
+    """The counters and settings a snapshot carries besides the rows."""
 
     capacity: int
     priority_exponent: float
-    next_sequence: int
+    inserts: int
     incarnation: int
     samples: int
     priority_updates: int
-    columns: dict[str, NDArray[np.generic]] = field(default_factory=dict)
-    priority_masses: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+
+
+@dataclass(frozen=True)
+class RowChunk:
+    """Consecutive live items, oldest first, with their priority masses."""
+
+    columns: dict[str, Column]
+    priority_masses: NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return int(self.priority_masses.shape[0])
+
+
+@dataclass(frozen=True)
+class TableState:
+    """What a snapshot holds: the counters, and the live rows oldest first in ``rows`` items.
+
+    ``chunks()`` yields the rows a chunk at a time, so a table is saved and restored
+    without a second copy of it in memory.
+    """
+
+    counters: TableCounters
+    rows: int
+    chunks: Callable[[], Iterator[RowChunk]]
+
+    @property
+    def columns(self) -> dict[str, Column]:
+        """All rows at once (for small tables and tests)."""
+        parts = [chunk for chunk in self.chunks() if len(chunk)]
+        if not parts:
+            return {}
+        return {name: join_rows([part.columns[name] for part in parts]) for name in parts[0].columns}
+
+    @property
+    def priority_masses(self) -> NDArray[np.float64]:
+        parts = [chunk.priority_masses for chunk in self.chunks()]
+        return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def check_priorities(priorities: NDArray[np.generic], count: int) -> NDArray[np.float64]:
@@ -110,7 +153,8 @@ class PrioritizedTable:
         self._tree = SumTree(capacity)
         self._rng = np.random.default_rng(seed)
         self._condition = threading.Condition()
-        self._next_sequence = 0
+        self._next_sequence = 0  # items inserted in this incarnation
+        self._inserts = 0  # items inserted since the table was created
         self._incarnation = 1
         self._samples = 0
         self._priority_updates = 0
@@ -118,7 +162,7 @@ class PrioritizedTable:
         self._item_bytes = 0
         if state is not None:
             self._restore(state)
-        self._limiter = RateLimiter(limiter, inserts=self._next_sequence, samples=self._samples)
+        self._limiter = RateLimiter(limiter, inserts=self._inserts, samples=self._samples)
 
     @property
     def capacity(self) -> int:
@@ -157,28 +201,55 @@ class PrioritizedTable:
         values = check_priorities(priorities, count)
         masses = values if self._alpha == 1.0 else np.power(values, self._alpha)
         self._limiter.check_insert_size(count)
+        for name, column in columns.items():
+            if isinstance(column, EncodedItems):  # decompressing every item is the check: outside the lock
+                try:
+                    check_encoded(column)
+                except ValueError as error:
+                    raise ValueError(f"column {name!r}: {error}") from None
         with self._condition:
             self._store.check(columns)
             self._wait(lambda: self._limiter.can_insert(count, self._size()), max_wait_s, "insert")
-            if not self._store.allocated:
-                self._store.allocate(signature_of(columns))
-                self._item_bytes = self._store.item_bytes()
             first_sequence = self._next_sequence
-            start = first_sequence % self._capacity
-            head = min(count, self._capacity - start)
-            self._store.write(start, columns, 0, head)
-            self._tree.set_range(start, masses[:head])
-            if head < count:
-                self._store.write(0, columns, head, count)
-                self._tree.set_range(0, masses[head:])
-            self._next_sequence += count
+            self._write(first_sequence, columns, masses)
+            self._inserts += count
             self._limiter.record_insert(count)
             self._condition.notify_all()
             sequences = np.arange(first_sequence, first_sequence + count, dtype=np.int64)
             return (self._incarnation << SEQUENCE_BITS) | sequences
 
-    def sample(self, batch_size: int, max_wait_s: float) -> SampledItems:
-        """Draws ``batch_size`` items with replacement, P(item) = mass / total mass."""
+    def _write(self, first_sequence: int, columns: Columns, masses: NDArray[np.float64]) -> None:
+        if not self._store.allocated:
+            self._store.allocate(columns)
+        self._store.write(first_sequence, columns)
+        slots = (first_sequence + np.arange(len(masses), dtype=np.int64)) % self._capacity
+        self._tree.set(slots, masses)
+        self._next_sequence = first_sequence + len(masses)
+        self._item_bytes = self._store.item_bytes()
+
+    def sample(self, batch_size: int, max_wait_s: float) -> SampledItems[Column]:
+        """Draws ``batch_size`` items with replacement, P(item) = mass / total mass; columns copied out."""
+
+        def copied(items: SampledItems[Column]) -> SampledItems[Column]:
+            return items
+
+        return self._sample(batch_size, max_wait_s, self._store.gather, copied)
+
+    def sample_into(
+        self, batch_size: int, max_wait_s: float, finish: Callable[[SampledItems[InPlace]], T]
+    ) -> T:
+        """As :meth:`sample`, but ``finish(items)`` runs under the lock with large dense rows as
+        views of the storage (:class:`StoredRows`), and its result is returned: a reply is
+        serialized straight from the stored rows."""
+        return self._sample(batch_size, max_wait_s, self._store.gather_in_place, finish)
+
+    def _sample(
+        self,
+        batch_size: int,
+        max_wait_s: float,
+        gather: Callable[[NDArray[np.int64]], Mapping[str, C]],
+        finish: Callable[[SampledItems[C]], T],
+    ) -> T:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self._limiter.check_sample_size(batch_size)
@@ -196,11 +267,11 @@ class PrioritizedTable:
             last = self._next_sequence - 1
             sequences = last - (last - slots) % self._capacity
             keys = (self._incarnation << SEQUENCE_BITS) | sequences
-            columns = self._store.gather(slots)
+            result = finish(SampledItems(keys, masses, gather(slots), total, self._size()))
             self._samples += batch_size
             self._limiter.record_sample(batch_size)
             self._condition.notify_all()
-            return SampledItems(keys, masses, columns, total, self._size())
+            return result
 
     def update_priorities(self, keys: NDArray[Any], priorities: NDArray[np.generic]) -> PriorityUpdateResult:
         """Applies priorities to live items; stale keys are skipped, unknown keys rejected."""
@@ -231,52 +302,79 @@ class PrioritizedTable:
                 total_priority_mass=self._tree.total,
                 priority_exponent=self._alpha,
                 limiter=self._limiter.settings,
-                inserts=self._next_sequence,
+                inserts=self._inserts,
                 samples=self._samples,
                 priority_updates=self._priority_updates,
                 rate_limiter_waits=self._waits,
                 incarnation=self._incarnation,
                 signature=self._store.signature,
                 item_bytes=self._item_bytes,
+                storage_bytes=self._store.storage_bytes(),
             )
 
-    def export_state(self) -> TableState:
-        """A consistent copy of the live rows and counters, taken under the lock."""
+    def counters(self) -> tuple[TableCounters, int, int]:
+        """The counters now and the sequence range ``[first, end)`` of the items held now."""
         with self._condition:
-            size = self._size()
-            return TableState(
+            counters = TableCounters(
                 capacity=self._capacity,
                 priority_exponent=self._alpha,
-                next_sequence=self._next_sequence,
+                inserts=self._inserts,
                 incarnation=self._incarnation,
                 samples=self._samples,
                 priority_updates=self._priority_updates,
-                columns={name: column.copy() for name, column in self._store.head(size).items()},
-                priority_masses=self._tree.leaves()[:size].copy(),
             )
+            return counters, self._next_sequence - self._size(), self._next_sequence
+
+    def read_rows(self, first: int, end: int) -> RowChunk:
+        """Copies of the items of sequences ``[first, end)`` still held (evicted ones are left out)."""
+        with self._condition:
+            first = max(first, self._next_sequence - self._size())
+            slots = np.arange(first, max(first, end), dtype=np.int64) % self._capacity
+            return RowChunk(self._store.gather(slots), self._tree.get(slots))
+
+    def export_state(self, chunk_rows: int = 1 << 30) -> TableState:
+        """A consistent copy of the whole table (tests and small tables; snapshots stream instead)."""
+        with self._condition:
+            counters, first, end = self.counters()
+            chunks = [
+                self.read_rows(begin, min(begin + chunk_rows, end)) for begin in range(first, end, chunk_rows)
+            ]
+        return TableState(counters, end - first, lambda: iter(chunks))
+
+    def _check_restorable(self, state: TableState) -> None:
+        counters = state.counters
+        if counters.capacity != self._capacity:
+            raise ValueError(
+                f"snapshot was taken with capacity {counters.capacity}, this shard has {self._capacity}"
+            )
+        if counters.incarnation >= MAX_INCARNATION:
+            raise ValueError(f"snapshot incarnation {counters.incarnation} is at its limit")
+        if not 0 <= state.rows <= self._capacity:
+            raise ValueError(f"snapshot holds {state.rows} rows, more than its capacity {self._capacity}")
+        if counters.priority_exponent != self._alpha and counters.priority_exponent == 0.0:
+            raise ValueError("snapshot used priority_exponent 0; its priorities cannot be re-weighted")
 
     def _restore(self, state: TableState) -> None:
-        if state.capacity != self._capacity:
-            raise ValueError(
-                f"snapshot was taken with capacity {state.capacity}, this shard has {self._capacity}"
-            )
-        if state.incarnation >= MAX_INCARNATION:
-            raise ValueError(f"snapshot incarnation {state.incarnation} is at its limit")
-        size = min(state.next_sequence, state.capacity)
-        masses = np.asarray(state.priority_masses, dtype=np.float64)
-        if masses.shape != (size,) or any(c.shape[0] != size for c in state.columns.values()):
-            raise ValueError(f"snapshot rows do not match its size {size}")
-        if state.priority_exponent != self._alpha:
-            if state.priority_exponent == 0.0:
-                raise ValueError("snapshot used priority_exponent 0; its priorities cannot be re-weighted")
-            masses = np.power(masses, self._alpha / state.priority_exponent)
-        if state.columns:
-            self._store.allocate(signature_of(state.columns))
-            self._item_bytes = self._store.item_bytes()
-            self._store.write(0, state.columns, 0, size)
-        self._tree.set_range(0, masses)
-        self._next_sequence = state.next_sequence
+        self._check_restorable(state)
+        counters = state.counters
+        exponent = counters.priority_exponent
+        # The restored items are numbered 0 .. rows - 1 in the new incarnation, oldest first.
+        for chunk in state.chunks():
+            if not len(chunk):
+                continue
+            masses = np.asarray(chunk.priority_masses, dtype=np.float64)
+            if any(len(column) != len(masses) for column in chunk.columns.values()):
+                raise ValueError("snapshot chunk has columns of another length than its priorities")
+            if self._next_sequence + len(masses) > state.rows:
+                raise ValueError(f"snapshot holds more rows than the {state.rows} it declares")
+            if exponent != self._alpha:
+                masses = np.power(masses, self._alpha / exponent)
+            self._store.check(chunk.columns)
+            self._write(self._next_sequence, chunk.columns, masses)
+        if self._next_sequence != state.rows:
+            raise ValueError(f"snapshot declares {state.rows} rows but holds {self._next_sequence}")
+        self._inserts = counters.inserts
         # A new incarnation: keys handed out before the restart are stale from now on.
-        self._incarnation = state.incarnation + 1
-        self._samples = state.samples
-        self._priority_updates = state.priority_updates
+        self._incarnation = counters.incarnation + 1
+        self._samples = counters.samples
+        self._priority_updates = counters.priority_updates

@@ -16,6 +16,7 @@ from services.actor.metrics import ActorMetrics
 from services.algorithms.apex_dqn.acting import DqnPolicy
 from services.algorithms.apex_dqn.config import DqnNetworkConfig
 from services.algorithms.apex_dqn.networks import QNetwork
+from services.common.encoded import Column
 from services.common.sharded_replay import ShardedReplayClient
 from services.launcher.ports import pick_free_ports
 from services.replay.shard import ReplayShard
@@ -124,7 +125,7 @@ class RecordingReplayClient(ShardedReplayClient):
 
     def insert(
         self,
-        columns: Mapping[str, NDArray[np.generic]],
+        columns: Mapping[str, Column],
         priorities: NDArray[np.floating],
         max_wait_s: float = 0.0,
     ) -> tuple[int, NDArray[np.int64]]:

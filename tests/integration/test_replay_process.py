@@ -48,7 +48,7 @@ def stop(process: subprocess.Popen[str]) -> int:
 
 
 def test_sigterm_drains_snapshots_and_a_restart_restores(tmp_path: Path) -> None:
-    snapshot = tmp_path / "shard.safetensors"
+    snapshot = tmp_path / "shard.snapshot"
     flags = ["--capacity", "1000", "--snapshot-path", str(snapshot)]
     # Below the ephemeral range, so no outgoing connection takes the port between the two runs.
     (port,) = pick_free_ports(1)

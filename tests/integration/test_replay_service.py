@@ -17,6 +17,7 @@ from apexrl.common.v1 import tensor_pb2
 from apexrl.replay.v1 import replay_pb2, replay_pb2_grpc
 from services.common import tensor_codec
 from services.common.channels import create_channel
+from services.common.encoded import dense
 from services.common.health_probe import health_status
 from services.replay.shard import SERVICE_NAME, ReplayShard
 from tests.integration.conftest import ShardFactory, stub_for, transitions
@@ -60,7 +61,7 @@ def test_inserted_transitions_are_sampled_with_keys_that_update_their_priority(
     stub: replay_pb2_grpc.ReplayServiceStub,
 ) -> None:
     reply = stub.SampleTransitions(replay_pb2.SampleTransitionsRequest(batch_size=64), timeout=TIMEOUT_S)
-    columns = tensor_codec.decode_columns(reply.batch)
+    columns = {name: dense(column) for name, column in tensor_codec.decode_columns(reply.batch).items()}
     assert set(columns) == {"observation", "action", "reward", "discount", "next_observation"}
     assert columns["observation"].shape == (64, 4)
     np.testing.assert_array_equal(columns["observation"][:, 0], columns["action"])
@@ -74,7 +75,7 @@ def test_inserted_transitions_are_sampled_with_keys_that_update_their_priority(
     )
     assert stub.UpdatePriorities(update, timeout=TIMEOUT_S).updated == 1
     resampled = stub.SampleTransitions(replay_pb2.SampleTransitionsRequest(batch_size=500), timeout=TIMEOUT_S)
-    assert columns["action"][0] not in tensor_codec.decode_columns(resampled.batch)["action"]
+    assert columns["action"][0] not in dense(tensor_codec.decode_columns(resampled.batch)["action"])
 
 
 def test_health_reflection_and_http_endpoints_report_a_serving_shard(
@@ -282,7 +283,7 @@ def test_snapshot_without_a_path_is_failed_precondition(
 def test_a_shard_restarted_from_its_snapshot_holds_the_same_items(
     start_shard: ShardFactory, tmp_path: Any
 ) -> None:
-    path = tmp_path / "shard-0.safetensors"
+    path = tmp_path / "shard-0.snapshot"
     first = start_shard(capacity=50, snapshot_path=path)
     stub = stub_for(first)
     stub.InsertTransitions(insert_request(0, 30, np.linspace(0.5, 2.0, 30)), timeout=TIMEOUT_S)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from services.common.encoded import dense
 from services.common.sharded_replay import ShardedReplayClient, ShardedSample
 from services.launcher.ports import pick_free_ports
 from services.replay.shard import ReplayShard
@@ -37,7 +38,7 @@ def test_insert_sample_and_update_over_three_shards(start_shard: ShardFactory) -
         client.insert(transitions(start, 50), np.ones(50))  # round robin: 100 items per shard
     assert [s.table.info().size for s in shards] == [100, 100, 100]
     sample = client.sample(256, importance_exponent=0.4)
-    assert sample.columns["observation"].shape == (256, 4)
+    assert dense(sample.columns["observation"]).shape == (256, 4)
     assert set(sample.shards.tolist()) == {0, 1, 2}
     assert sample.total_size == 300
     # Zero priority on every sampled item of shard 1 moves mass only there.
@@ -46,10 +47,10 @@ def test_insert_sample_and_update_over_three_shards(start_shard: ShardFactory) -
         sample.shards[on_one], sample.keys[on_one], np.zeros(int(on_one.sum()))
     )
     assert applied == on_one.sum()
-    zeroed = set(sample.columns["action"][on_one].tolist())
+    zeroed = set(dense(sample.columns["action"])[on_one].tolist())
     assert shards[1].table.info().total_priority_mass == pytest.approx(100 - len(zeroed))
     later = client.sample(2000, importance_exponent=0.4)
-    assert zeroed.isdisjoint(later.columns["action"][later.shards == 1].tolist())
+    assert zeroed.isdisjoint(dense(later.columns["action"])[later.shards == 1].tolist())
 
 
 def test_item_frequencies_over_shards_with_very_different_totals_match_the_global_distribution(
@@ -67,8 +68,8 @@ def test_item_frequencies_over_shards_with_very_different_totals_match_the_globa
     counts = np.zeros(100)
     for _ in range(batches):
         sample = client.sample(batch_size, importance_exponent=1.0)
-        counts += np.bincount(sample.columns["action"], minlength=100)
-        np.testing.assert_allclose(sample.probabilities, expected[sample.columns["action"]], rtol=1e-9)
+        counts += np.bincount(dense(sample.columns["action"]), minlength=100)
+        np.testing.assert_allclose(sample.probabilities, expected[dense(sample.columns["action"])], rtol=1e-9)
     draws = batches * batch_size
     # Pearson chi-square over 100 items (99 degrees of freedom): mean 99, sd 14.
     # The bound 99 + 10 sd has a false-failure chance far below 1e-12.
@@ -87,7 +88,7 @@ def test_importance_weights_equal_the_formula(start_shard: ShardFactory) -> None
     total_mass = np.sum(priorities**ALPHA)
     for beta in (0.4, 1.0):
         sample = client.sample(128, importance_exponent=beta)
-        probability = priorities[sample.columns["action"]] ** ALPHA / total_mass
+        probability = priorities[dense(sample.columns["action"])] ** ALPHA / total_mass
         weights = (100 * probability) ** -beta
         np.testing.assert_allclose(sample.importance_weights, weights / weights.max(), rtol=1e-6)
         assert sample.importance_weights.max() == 1.0
@@ -103,7 +104,7 @@ def wait_until(condition: Callable[[], bool], timeout_s: float) -> None:
 def test_a_stopped_shard_is_skipped_and_rejoins_from_its_snapshot(
     start_shard: ShardFactory, tmp_path: Path
 ) -> None:
-    paths = [tmp_path / f"shard-{i}.safetensors" for i in range(3)]
+    paths = [tmp_path / f"shard-{i}.snapshot" for i in range(3)]
     # Below the ephemeral range, so no outgoing connection takes shard 1's port while it is down.
     ports = pick_free_ports(3)
     shards: list[ReplayShard] = [
@@ -180,7 +181,7 @@ class BatchCheck:
     def add(
         self, group: int, sample: ShardedSample, masses: np.ndarray, totals: list[float], beta: float
     ) -> dict[int, float]:
-        actions = sample.columns["action"]
+        actions = dense(sample.columns["action"])
         np.testing.assert_array_equal(sample.shards, self.items.shard_of[actions])
         shares = {}
         for k in np.unique(sample.shards).tolist():

@@ -121,3 +121,160 @@ def test_episode_returns_are_counted_per_environment_and_reset_with_the_episode(
     assert ends[3] == (2, 3.0)
     assert ends[4] == (3, 15.0)
     assert ends[5] == (4, 3.0)
+
+
+class LivesGame(gym.Env[NDArray[np.float32], np.int64]):
+    """A game of ``lives`` lives, one lost every ``life_length`` steps; ``info["lives"]`` as in ALE.
+
+    The observation [game, step, lives] names the step of the game, so a test can tell a
+    game that goes on from a reset one; step t rewards ``rewards[t % len(rewards)]``.
+    """
+
+    def __init__(self, lives: int, life_length: int, rewards: tuple[float, ...] = (1.0,)) -> None:
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self._start_lives, self._life_length, self._rewards = lives, life_length, rewards
+        self._game, self._step, self._lives = -1, 0, lives
+
+    def _observation(self) -> NDArray[np.float32]:
+        return np.array([self._game, self._step, self._lives], dtype=np.float32)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[NDArray[np.float32], dict[str, Any]]:
+        super().reset(seed=seed)
+        self._game, self._step, self._lives = self._game + 1, 0, self._start_lives
+        return self._observation(), {"lives": self._lives}
+
+    def step(self, action: np.int64) -> tuple[NDArray[np.float32], float, bool, bool, dict[str, Any]]:
+        assert self._lives > 0, "stepped after the game ended, without a reset"
+        reward = self._rewards[self._step % len(self._rewards)]
+        self._step += 1
+        if self._step % self._life_length == 0:
+            self._lives -= 1
+        return self._observation(), reward, self._lives == 0, False, {"lives": self._lives}
+
+
+class UnreadableInfo(dict[str, Any]):
+    """An info dict that fails when read: the rollout must not look at infos it does not need."""
+
+    def __getitem__(self, key: str) -> Any:
+        raise AssertionError(f"info[{key!r}] read")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        raise AssertionError(f"info.get({key!r}) read")
+
+
+class SilentInfoGame(LivesGame):
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[NDArray[np.float32], dict[str, Any]]:
+        return super().reset(seed=seed, options=options)[0], UnreadableInfo()
+
+    def step(self, action: np.int64) -> tuple[NDArray[np.float32], float, bool, bool, dict[str, Any]]:
+        observation, reward, terminated, truncated, _ = super().step(action)
+        return observation, reward, terminated, truncated, UnreadableInfo()
+
+
+def zeros(observations: NDArray[Any]) -> NDArray[np.int64]:
+    return np.zeros(len(observations), dtype=np.int64)
+
+
+def test_clipped_rewards_reach_the_builder_while_the_reported_return_is_the_true_sum() -> None:
+    rewards = (2.5, -3.0, 0.0, 7.0, 0.25)
+    environments: list[gym.Env[Any, Any]] = [LivesGame(1, 5, rewards), LivesGame(1, 5, rewards[::-1])]
+    rollout = Rollout(environments, NStepBuilder(2, 1, GAMMA), seed=0, clip_rewards=True)
+    learned = []
+    for _ in range(5):
+        learned.append(rollout.step(zeros)["reward"])
+    # One-step transitions, one per env and step, in env order: each reward is sign(r).
+    np.testing.assert_array_equal(np.stack(learned), np.sign([rewards, rewards[::-1]]).T)
+    assert rollout.stats.episodes == 2
+    assert rollout.stats.last_return == sum(rewards) == 6.75
+
+
+def test_rewards_are_not_clipped_by_default() -> None:
+    rollout = Rollout([LivesGame(1, 2, (2.5, -3.0))], NStepBuilder(1, 1, GAMMA), seed=0)
+    np.testing.assert_array_equal(
+        np.concatenate([rollout.step(zeros)["reward"] for _ in range(2)]), [2.5, -3.0]
+    )
+    assert rollout.stats.last_return == -0.5
+
+
+def game_rows(lost_at: tuple[int, ...], terminal_at: tuple[int, ...], n_step: int) -> list[Row]:
+    """The transitions of game 0 of ``LivesGame(3, 4)`` (reward 1 a step), in ``rows`` form.
+
+    Lives are lost after the steps in ``lost_at``; the builder's windows end after the steps
+    in ``terminal_at`` (discount 0 there), and run up to ``n_step`` steps otherwise.
+    """
+
+    def observation(t: int) -> tuple[int, int, int]:
+        return (0, t, 3 - sum(1 for lost in lost_at if lost <= t))
+
+    result = []
+    for t in range(lost_at[-1]):
+        end = min(terminal for terminal in terminal_at if terminal > t)
+        m = min(n_step, end - t)
+        reward = sum(GAMMA**j for j in range(m))
+        discount = 0.0 if t + m == end else GAMMA**m
+        result.append((observation(t), 0, round(reward, 4), round(discount, 4), observation(t + m)))
+    return sorted(result)
+
+
+def test_a_lost_life_ends_the_learned_returns_without_a_reset_and_a_game_end_counts_an_episode() -> None:
+    # Lives are lost after steps 4 and 8; the third loss, after step 12, ends the game.
+    rollout = Rollout([LivesGame(3, 4)], NStepBuilder(1, 2, GAMMA), seed=0, terminal_on_life_loss=True)
+    emitted: list[Row] = []
+    for step in range(1, 13):
+        emitted += rows(rollout.step(zeros))
+        if step < 12:
+            # The game goes on through a lost life: the same game, its next step, no episode.
+            np.testing.assert_array_equal(rollout.observations[0], [0, step, 3 - step // 4])
+            assert rollout.stats.episodes == 0
+    assert sorted(emitted) == game_rows((4, 8, 12), terminal_at=(4, 8, 12), n_step=2)
+    # The real end resets the game and counts one episode with the whole game's return.
+    np.testing.assert_array_equal(rollout.observations[0], [1, 0, 3])
+    assert (rollout.stats.episodes, rollout.stats.last_return) == (1, 12.0)
+    assert rows(rollout.flush()) == []
+
+
+def test_without_terminal_on_life_loss_lives_are_ignored_and_infos_not_read() -> None:
+    rollout = Rollout([SilentInfoGame(3, 4)], NStepBuilder(1, 2, GAMMA), seed=0)
+    emitted: list[Row] = []
+    for _ in range(12):
+        emitted += rows(rollout.step(zeros))
+    # Only the game's end is terminal: windows run across the lost lives.
+    assert sorted(emitted) == game_rows((4, 8, 12), terminal_at=(12,), n_step=2)
+    assert rollout.stats.episodes == 1
+
+
+def test_on_breakout_the_first_lost_life_is_a_builder_terminal_without_a_reset() -> None:
+    pytest.importorskip("ale_py")
+    from services.common.environments import AtariSettings, make_environment  # noqa: PLC0415
+
+    environment = make_environment(
+        "ALE/Breakout-v5", {"repeat_action_probability": 0.0}, 4, AtariSettings(noop_max=0)
+    )
+    rollout = Rollout(
+        [environment], NStepBuilder(1, 3, 0.99), seed=0, clip_rewards=True, terminal_on_life_loss=True
+    )
+    rng = np.random.default_rng(0)
+    try:
+        for _ in range(2_000):
+            columns = rollout.step(lambda observations: rng.integers(4, size=len(observations)))
+            if np.any(columns["discount"] == 0.0):
+                break
+        else:
+            pytest.fail("no life was lost in 2,000 random steps")
+        ale = environment.unwrapped.ale  # type: ignore[attr-defined]
+        assert ale.lives() == 4
+        assert rollout.stats.episodes == 0
+        # No reset: the rollout acts on from the observation the terminal window ended at.
+        assert len(columns["discount"]) == 3  # the three windows ending at the lost life
+        assert np.all(columns["discount"] == 0.0)
+        np.testing.assert_array_equal(columns["next_observation"][-1], rollout.observations[0])
+        assert environment.unwrapped.ale.getEpisodeFrameNumber() > 0  # type: ignore[attr-defined]
+        step = rollout.step(lambda observations: rng.integers(4, size=len(observations)))
+        assert len(step["discount"]) == 0  # new windows start filling: nothing was drained
+    finally:
+        rollout.close()

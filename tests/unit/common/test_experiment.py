@@ -46,9 +46,11 @@ def test_invalid_values_name_the_field_and_the_allowed_values(override: str, mes
 
 
 def test_an_unknown_preset_lists_the_presets() -> None:
-    presets = r"presets: \['acrobot', 'cartpole', 'halfcheetah', 'pendulum', 'pendulum-sac'\]"
+    presets = (
+        r"presets: \['acrobot', 'breakout', 'cartpole', 'halfcheetah', 'pendulum', 'pendulum-sac', 'pong'\]"
+    )
     with pytest.raises(FileNotFoundError, match=presets):
-        load_experiment("pong")
+        load_experiment("space-invaders")
 
 
 def test_a_config_file_is_read(tmp_path: Path) -> None:

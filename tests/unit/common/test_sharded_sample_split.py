@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from services.common.encoded import dense
 from services.common.sharded_replay import ShardedSample
 
 
@@ -28,13 +29,15 @@ def test_parts_partition_the_items_and_keep_each_row_together() -> None:
     whole = sample(12)
     parts = whole.split(3, np.random.default_rng(0))
     assert [part.keys.shape for part in parts] == [(4,)] * 3
-    actions = np.concatenate([part.columns["action"] for part in parts])
+    actions = np.concatenate([dense(part.columns["action"]) for part in parts])
     assert sorted(actions.tolist()) == list(range(12))
     for part in parts:
-        items = part.columns["action"]
+        items = dense(part.columns["action"])
         np.testing.assert_array_equal(part.keys, items + 1000)
         np.testing.assert_array_equal(part.shards, items % 2)
-        np.testing.assert_array_equal(part.columns["observation"], whole.columns["observation"][items])
+        np.testing.assert_array_equal(
+            dense(part.columns["observation"]), dense(whole.columns["observation"])[items]
+        )
         np.testing.assert_array_equal(part.probabilities, whole.probabilities[items])
         # Each part's weights are the whole batch's, renormalized by the part's own maximum.
         expected = whole.importance_weights[items] / whole.importance_weights[items].max()

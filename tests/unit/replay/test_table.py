@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from services.common.encoded import dense
 from services.replay.rate_limiter import NotEnoughDataError, RateLimiterSettings
 from services.replay.table import SEQUENCE_BITS, PrioritizedTable
 
@@ -27,7 +28,7 @@ def test_inserted_items_come_back_with_their_keys() -> None:
     table = make_table()
     keys = table.insert(batch(0, 5), np.ones(5), max_wait_s=0)
     sample = table.sample(200, max_wait_s=0)
-    actions = sample.columns["action"]
+    actions = dense(sample.columns["action"])
     assert set(actions.tolist()) == {0, 1, 2, 3, 4}
     # A key identifies the item it came with.
     np.testing.assert_array_equal(sample.keys, keys[actions])
@@ -40,8 +41,8 @@ def test_fifo_eviction_keeps_the_newest_capacity_items_across_the_wrap() -> None
     table.insert(batch(0, 7), np.ones(7), max_wait_s=0)
     table.insert(batch(7, 6), np.ones(6), max_wait_s=0)  # wraps: items 0..2 evicted
     sample = table.sample(2000, max_wait_s=0)
-    assert set(sample.columns["action"].tolist()) == set(range(3, 13))
-    np.testing.assert_array_equal(sample.columns["observation"][:, 0], sample.columns["action"])
+    assert set(dense(sample.columns["action"]).tolist()) == set(range(3, 13))
+    np.testing.assert_array_equal(dense(sample.columns["observation"])[:, 0], dense(sample.columns["action"]))
     info = table.info()
     assert (info.size, info.inserts, info.total_priority_mass) == (10, 13, 10.0)
 
@@ -124,7 +125,7 @@ def test_sampling_below_the_minimum_size_is_not_enough_data() -> None:
 def test_items_with_priority_zero_are_never_sampled() -> None:
     table = make_table()
     table.insert(batch(0, 4), np.array([0.0, 1.0, 0.0, 2.0]), max_wait_s=0)
-    assert set(table.sample(500, max_wait_s=0).columns["action"].tolist()) == {1, 3}
+    assert set(dense(table.sample(500, max_wait_s=0).columns["action"]).tolist()) == {1, 3}
 
 
 def test_a_batch_larger_than_the_table_is_rejected() -> None:
@@ -144,11 +145,11 @@ def test_restoring_state_keeps_items_and_counters_and_makes_old_keys_stale() -> 
     assert info.total_priority_mass == before.total_priority_mass
     assert restored.update_priorities(old_keys, np.ones(4)).stale == 4
     fresh = restored.sample(3000, max_wait_s=0)
-    assert set(fresh.columns["action"].tolist()) == set(range(2, 8))
+    assert set(dense(fresh.columns["action"]).tolist()) == set(range(2, 8))
     assert restored.update_priorities(fresh.keys[:1], np.ones(1)).updated == 1
     # New inserts continue the sequence in the right slots.
     restored.insert(batch(8, 1), np.ones(1), max_wait_s=0)
-    assert set(restored.sample(3000, max_wait_s=0).columns["action"].tolist()) == set(range(3, 9))
+    assert set(dense(restored.sample(3000, max_wait_s=0).columns["action"]).tolist()) == set(range(3, 9))
 
 
 def test_restoring_with_another_capacity_is_refused() -> None:
