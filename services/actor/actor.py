@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -57,7 +58,10 @@ def atari_settings_from_wire(spec: learner_pb2.ExperimentSpec) -> AtariSettings 
 
 def make_spec_environment(spec: learner_pb2.ExperimentSpec) -> Any:
     """The experiment's environment, as every actor and the evaluator create it."""
-    options = json_format.MessageToDict(spec.environment_options)
+    if spec.environment_options_json:
+        options = json.loads(spec.environment_options_json)
+    else:  # a learner from before environment_options_json: every number arrives a float
+        options = json_format.MessageToDict(spec.environment_options)
     return make_environment(
         spec.environment_id, options, spec.frame_stack or 1, atari_settings_from_wire(spec)
     )
@@ -89,6 +93,11 @@ class Outbox:
     at a time: the next batch waits for the previous one, so a shard's rate limiter
     still holds the actor back. While no shard accepts, transitions are kept (the
     newest ``_MAX_OUTBOX_BATCHES`` batches) and sent again later.
+
+    A batch's initial priorities (a forward pass of the local network over its
+    observations) and the compression of its ``compressed`` columns are computed on the
+    sender thread too, off the acting thread; ``policy_lock`` keeps them from reading the
+    network while the acting thread loads new parameters into it.
     """
 
     def __init__(
@@ -99,9 +108,11 @@ class Outbox:
         sender: Executor,
         max_hold_s: float = _MAX_HOLD_S,
         compressed: tuple[str, ...] = (),
+        policy_lock: threading.Lock | None = None,
     ) -> None:
         self._replay = replay
         self._compressed = compressed
+        self._policy_lock = policy_lock or threading.Lock()
         self._batch_size = batch_size
         self._max_hold_s = max_hold_s
         self._held_since = 0.0
@@ -143,12 +154,13 @@ class Outbox:
         parts, self._parts = self._parts[:taken], self._parts[taken:]
         self._count -= rows
         columns = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-        priorities = policy.initial_priorities(columns)
-        call = self._sender.submit(self._insert, columns, priorities)
+        call = self._sender.submit(self._insert, columns, policy)
         self._in_flight = (call, columns)
 
-    def _insert(self, columns: Columns, priorities: NDArray[np.floating]) -> None:
-        """On the sender thread: compresses the columns that travel compressed, then inserts."""
+    def _insert(self, columns: Columns, policy: ActingPolicy) -> None:
+        """On the sender thread: initial priorities, the columns that travel compressed, the insert."""
+        with self._policy_lock:
+            priorities = policy.initial_priorities(columns)
         sent: dict[str, Column] = dict(columns)
         for name in self._compressed:
             sent[name] = compress(columns[name])
@@ -218,7 +230,14 @@ class Actor:
         )
         replay = ShardedReplayClient(list(registration.replay_addresses), seed=session.seed)
         compressed = OBSERVATION_COLUMNS if settings.observation_codec != tensor_pb2.CODEC_UNSPECIFIED else ()
-        outbox = Outbox(replay, settings.insert_batch_size, self._metrics, rpc, compressed=compressed)
+        outbox = Outbox(
+            replay,
+            settings.insert_batch_size,
+            self._metrics,
+            rpc,
+            compressed=compressed,
+            policy_lock=session.policy_lock,
+        )
         logger.info(
             "actor running actor_id=%d exploration=%s environments=%d",
             session.actor_id,
@@ -300,6 +319,7 @@ class _Session:
         self._metrics = metrics
         self._client_name = client_name
         self.policy = policy
+        self.policy_lock = threading.Lock()
         self._exploration_kind = family_for_wire(registration.spec.algorithm).exploration_kind
         self.version = 0
         self.steps = 0
@@ -361,6 +381,7 @@ class _Session:
             return
         if parameters is not None:
             self._metrics.parameter_lag.set(parameters.version - self.version)
-            self.policy.load_parameters(parameters.state_dict)
+            with self.policy_lock:  # the sender thread computes priorities with the same network
+                self.policy.load_parameters(parameters.state_dict)
             self.version = parameters.version
             self._metrics.parameter_version.set(self.version)

@@ -5,6 +5,7 @@ It imports the families' config models only (no torch), so the launcher starts f
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -76,6 +77,7 @@ def experiment_spec(config: ExperimentConfig) -> learner_pb2.ExperimentSpec:
         algorithm=config.algorithm.wire_algorithm,
         environment_id=config.environment.id,
         environment_options=options,
+        environment_options_json=json.dumps(config.environment.options),
         network=config.algorithm.network.to_wire(),
         n_step=config.algorithm.n_step,
         discount=config.algorithm.discount,

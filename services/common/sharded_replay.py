@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import grpc
@@ -41,20 +42,39 @@ _DOWN_CODES = frozenset(
 _NOT_NOW_CODES = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 
+def _kind(column: Column) -> tuple[object, ...]:
+    """What must agree between shards for their parts to join: dtype, item shape, encoding."""
+    if isinstance(column, EncodedItems):
+        return ("encoded", column.codec, column.dtype, column.item_shape)
+    return ("dense", column.dtype, column.shape[1:])
+
+
 class ReplayUnavailableError(Exception):
     """No shard can be sampled (or written) right now; retry later."""
 
 
 @dataclass(frozen=True)
 class ShardedSample:
-    """A global prioritized batch; ``shards`` and ``keys`` route priority updates back."""
+    """A global prioritized batch; ``shards`` and ``keys`` route priority updates back.
+
+    ``column_parts`` are the columns as each shard's reply brought them, in the order of
+    the rows (over the replies' own buffers: nothing copied yet); ``columns`` joins them.
+    """
 
     shards: NDArray[np.int64]
     keys: NDArray[np.int64]
     probabilities: NDArray[np.float64]
     importance_weights: NDArray[np.float32]
-    columns: dict[str, Column]
+    column_parts: tuple[Mapping[str, Column], ...]
     total_size: int
+
+    @cached_property
+    def columns(self) -> dict[str, Column]:
+        """The batch's columns, each joined over the shards' parts (a copy, made once)."""
+        if len(self.column_parts) == 1:
+            return dict(self.column_parts[0])
+        names = self.column_parts[0].keys()
+        return {name: join_rows([part[name] for part in self.column_parts]) for name in names}
 
     def pieces(self, parts: int, rng: np.random.Generator) -> list[SamplePiece]:
         """``parts`` batches of equal size from this one, each itself a valid prioritized batch.
@@ -62,14 +82,17 @@ class ShardedSample:
         The items are independent draws, so a random permutation cut into equal pieces
         gives independent batches; each piece's importance weights are renormalized by
         its own maximum, as one batch's are. The batch size must divide evenly. A piece
-        copies nothing until it is written out (:meth:`SamplePiece.write_into`).
+        keeps its rows in the batch's order (any order of independent draws is as good),
+        so the rows from one shard's reply lie together; it copies nothing until it is
+        written out (:meth:`SamplePiece.write_into`).
         """
         size = self.keys.shape[0]
         if parts < 1 or size % parts:
             raise ValueError(f"cannot split a batch of {size} into {parts} equal parts")
         if parts == 1:
             return [SamplePiece(self, np.arange(size))]
-        return [SamplePiece(self, rows) for rows in rng.permutation(size).reshape(parts, size // parts)]
+        cuts = rng.permutation(size).reshape(parts, size // parts)
+        return [SamplePiece(self, np.sort(rows)) for rows in cuts]
 
     def split(self, parts: int, rng: np.random.Generator) -> list[ShardedSample]:
         """:meth:`pieces`, each copied out as a batch of its own."""
@@ -81,7 +104,7 @@ class ShardedSample:
 
 @dataclass(frozen=True)
 class SamplePiece:
-    """The rows ``rows`` of a sampled batch, as a batch of their own."""
+    """The rows ``rows`` (ascending) of a sampled batch, as a batch of their own."""
 
     sample: ShardedSample
     rows: NDArray[np.int64]
@@ -103,26 +126,45 @@ class SamplePiece:
     def column_shapes(self) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
         """Each column's decoded shape and dtype for this piece."""
         count = len(self.rows)
-        return {
-            name: ((count, *column.shape[1:]), column.dtype) for name, column in self.sample.columns.items()
-        }
+        first = self.sample.column_parts[0]
+        return {name: ((count, *column.shape[1:]), column.dtype) for name, column in first.items()}
+
+    def _by_part(self) -> list[tuple[Mapping[str, Column], slice, NDArray[np.int64]]]:
+        """For each shard's part: where its rows go in this piece, and which of its rows they are."""
+        placed, offset = [], 0
+        for part in self.sample.column_parts:
+            count = len(next(iter(part.values())))
+            begin, end = np.searchsorted(self.rows, [offset, offset + count])
+            if end > begin:
+                placed.append((part, slice(int(begin), int(end)), self.rows[begin:end] - offset))
+            offset += count
+        return placed
 
     def write_into(self, out: Mapping[str, NDArray[Any]]) -> None:
-        """Writes the piece's columns, decoded, into ``out`` (one array per column, of its shape)."""
-        for name, column in self.sample.columns.items():
-            target = out[name]
-            if isinstance(column, EncodedItems):
-                np.copyto(target, decompress(column.take(self.rows)))
-            else:
-                np.take(column, self.rows, axis=0, out=target)
+        """Writes the piece's columns, decoded, into ``out`` (one array per column, of its shape).
+
+        Dense rows go from the replies' buffers straight into ``out``: one copy.
+        """
+        for part, into, rows in self._by_part():
+            for name, column in part.items():
+                target = out[name][into]
+                if isinstance(column, EncodedItems):
+                    np.copyto(target, decompress(column.take(rows)))
+                else:
+                    np.take(column, rows, axis=0, out=target)
 
     def materialize(self) -> ShardedSample:
+        placed = self._by_part()
+        names = self.sample.column_parts[0].keys()
+        columns = {
+            name: join_rows([take_rows(part[name], rows) for part, _, rows in placed]) for name in names
+        }
         return ShardedSample(
             shards=self.shards,
             keys=self.keys,
             probabilities=self.sample.probabilities[self.rows],
             importance_weights=self.importance_weights,
-            columns={name: take_rows(column, self.rows) for name, column in self.sample.columns.items()},
+            column_parts=(columns,),
             total_size=self.sample.total_size,
         )
 
@@ -315,11 +357,10 @@ class ShardedReplayClient:
             keys.append(reply_keys.astype(np.int64, copy=False))
             probabilities.append(share[shard_index] * masses / reply.total_priority_mass)
             column_parts.append(tensor_codec.decode_columns(reply.batch))
-        names = column_parts[0].keys()
+        signature = {name: _kind(column) for name, column in column_parts[0].items()}
         for parts in column_parts[1:]:
-            if parts.keys() != names:
-                raise ValueError(f"shards hold different columns: {sorted(names)} vs {sorted(parts)}")
-        columns = {name: join_rows([parts[name] for parts in column_parts]) for name in names}
+            if {name: _kind(column) for name, column in parts.items()} != signature:
+                raise ValueError(f"shards hold different columns: {sorted(signature)} vs {sorted(parts)}")
         probability = np.concatenate(probabilities)
         total_size = sum(self._shards[i].size for i in eligible)
         weights = (total_size * probability) ** -importance_exponent
@@ -330,7 +371,7 @@ class ShardedReplayClient:
             keys=np.concatenate(keys),
             probabilities=probability,
             importance_weights=weights.astype(np.float32),
-            columns=columns,
+            column_parts=tuple(column_parts),
             total_size=total_size,
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from typing import Any
 
@@ -169,7 +170,11 @@ def test_the_atari_presets_validate_and_their_preprocessing_travels_on_the_wire(
     spec = experiment_spec(config)
     assert spec.HasField("atari")
     assert atari_settings_from_wire(spec) == config.environment.atari_settings() == AtariSettings()
-    assert dict(spec.environment_options) == {"repeat_action_probability": 0.0, "full_action_space": False}
+    options = {"repeat_action_probability": 0.0, "full_action_space": False}
+    if preset == "breakout":
+        options["max_episode_steps"] = 27000
+    assert dict(spec.environment_options) == options
+    assert json.loads(spec.environment_options_json) == options
     described = describe_environment(
         config.environment.id,
         config.environment.options,
@@ -177,6 +182,25 @@ def test_the_atari_presets_validate_and_their_preprocessing_travels_on_the_wire(
         config.environment.atari_settings(),
     )
     assert described.observation_shape == (84, 84, 4)
+
+
+def test_integer_environment_options_reach_gymnasium_as_integers() -> None:
+    from services.actor.actor import make_spec_environment  # noqa: PLC0415 (imports torch)
+
+    # gymnasium refuses max_episode_steps=50.0, which is what a Struct alone would carry.
+    config = load_experiment("breakout", ["environment.options.max_episode_steps=50"])
+    environment = make_spec_environment(experiment_spec(config))
+    try:
+        environment.reset(seed=0)
+        steps, ended = 0, False
+        while not ended:
+            _, _, terminated, truncated, _ = environment.step(0)
+            steps, ended = steps + 1, terminated or truncated
+        # The time limit counts emulator frames (the game is made with frameskip=1), 4 a step.
+        assert truncated
+        assert steps <= 50 // 4 + 1
+    finally:
+        environment.close()
 
 
 def test_an_experiment_without_an_atari_section_sends_none() -> None:
