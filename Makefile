@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PROTOS := $(shell find protos -name '*.proto')
 GENERATED := apexrl/.generated
 
-.PHONY: setup protos test test-fast lint format bench bench-replay bench-learner bench-actors bench-solve run images compose-test clean
+.PHONY: setup protos test test-fast lint format bench bench-replay bench-learner bench-actors bench-atari bench-solve run images compose-test clean
 
 setup: $(VENV)/.installed $(GENERATED)
 
@@ -55,6 +55,9 @@ bench-learner: setup
 
 bench-actors: setup
 	$(PY) bench/actor_throughput.py
+
+bench-atari: setup
+	$(PY) bench/atari_throughput.py
 
 bench-solve: setup
 	$(PY) bench/time_to_solve.py cartpole

@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,17 @@ def bare_steps_per_s(seconds: float, preset: str = "cartpole") -> float:
     return steps / elapsed
 
 
+def _wait_until_stepping(client: LearnerClient, actors: int, timeout_s: float = 300.0) -> None:
+    """Until every actor process has registered and reported steps (start-up takes seconds each)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stepping = [row for row in client.status().actors if row.progress.environment_steps > 0]
+        if len(stepping) >= actors:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{actors} actors did not all report steps within {timeout_s} s")
+
+
 def distributed_steps_per_s(actors: int, seconds: float, logs: Path, preset: str = "cartpole") -> float:
     """Aggregate steps/s of ``actors`` actor processes, read from the learner's status."""
     shards = [
@@ -107,6 +119,7 @@ def distributed_steps_per_s(actors: int, seconds: float, logs: Path, preset: str
             for i in range(actors)
         ]
         client = LearnerClient(address)
+        _wait_until_stepping(client, actors)
         time.sleep(_WARM_UP_S)
         first_steps, started = client.status().environment_steps, time.perf_counter()
         time.sleep(seconds)
@@ -118,20 +131,22 @@ def distributed_steps_per_s(actors: int, seconds: float, logs: Path, preset: str
             process.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--actors", default="1,2,4,8")
-    parser.add_argument("--repeats", type=int, default=3)
-    arguments = parser.parse_args()
-    logs = Path(tempfile.mkdtemp(prefix="bench-actors-"))
-    counts = [int(value) for value in arguments.actors.split(",")]
+def measure_actors(
+    preset: str,
+    counts: list[int],
+    seconds: float,
+    repeats: int,
+    bench: str,
+    extra: Mapping[str, object] | None = None,
+) -> None:
+    """Rounds of the bare loop and each actor count, then one JSON line per count (medians)."""
+    logs = Path(tempfile.mkdtemp(prefix=f"bench-actors-{preset}-"))
     references: list[float] = []
     runs: dict[int, list[float]] = {actors: [] for actors in counts}
-    for _ in range(arguments.repeats):
+    for _ in range(repeats):
         for actors in counts:
-            references.append(bare_steps_per_s(arguments.seconds))
-            runs[actors].append(distributed_steps_per_s(actors, arguments.seconds, logs))
+            references.append(bare_steps_per_s(seconds, preset))
+            runs[actors].append(distributed_steps_per_s(actors, seconds, logs, preset))
     reference = statistics.median(references)
     print(f"bare loop runs: {[round(r) for r in references]} steps/s", file=sys.stderr)
     for actors in counts:
@@ -139,20 +154,31 @@ def main() -> None:
         print(
             json.dumps(
                 {
-                    "bench": "actor_throughput",
-                    "workload": "cartpole",
+                    "bench": bench,
+                    "workload": preset,
                     "measure": f"environment_steps_per_s_{actors}_actors",
                     "value": value,
                     "unit": "steps/s",
+                    **(extra or {}),
                     "reference": "bare_single_process_loop",
                     "reference_value": reference,
                     "ratio": value / reference,
                     "better": "higher",
-                    "runs": [round(run) for run in runs[actors]],
+                    "runs": [round(run, 1) for run in runs[actors]],
                 }
             ),
             flush=True,
         )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--actors", default="1,2,4,8")
+    parser.add_argument("--repeats", type=int, default=3)
+    arguments = parser.parse_args()
+    counts = [int(value) for value in arguments.actors.split(",")]
+    measure_actors("cartpole", counts, arguments.seconds, arguments.repeats, "actor_throughput")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Atari end to end: actor steps/s against a bare loop, learner updates/s against an in-process buffer.
 
-Usage: ``.venv/bin/python bench/atari_throughput.py [--seconds 20] [--actors 1,2,4] [--repeats 3]
+Usage: ``.venv/bin/python bench/atari_throughput.py [--seconds 45] [--actors 1,2,4] [--repeats 3]
 [--runs 3] [--device cpu] [--skip actors|learner]``. Both halves run the pong preset:
 
 * actors: real ``apexrl actor`` processes (the preset's 4 environments each, the standard
@@ -18,15 +18,10 @@ Usage: ``.venv/bin/python bench/atari_throughput.py [--seconds 20] [--actors 1,2
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
-from bench.actor_throughput import bare_steps_per_s, distributed_steps_per_s
+from bench.actor_throughput import measure_actors
 from bench.atari_frames import as_inserted, pong_transitions
 from bench.learner_throughput import Stored, measure, report
 
@@ -48,43 +43,12 @@ def pong_data() -> Stored:
     return Stored(raw, [as_inserted(part) for part in raw], priorities, ITEMS_PER_SHARD)
 
 
-def actors(counts: list[int], seconds: float, repeats: int) -> None:
-    logs = Path(tempfile.mkdtemp(prefix="bench-atari-actors-"))
-    references: list[float] = []
-    runs: dict[int, list[float]] = {count: [] for count in counts}
-    for _ in range(repeats):
-        for count in counts:
-            references.append(bare_steps_per_s(seconds, PRESET))
-            runs[count].append(distributed_steps_per_s(count, seconds, logs, PRESET))
-    reference = statistics.median(references)
-    print(f"bare loop runs: {[round(r) for r in references]} steps/s", file=sys.stderr)
-    for count in counts:
-        value = statistics.median(runs[count])
-        print(
-            json.dumps(
-                {
-                    "bench": "atari_throughput",
-                    "workload": PRESET,
-                    "measure": f"environment_steps_per_s_{count}_actors",
-                    "value": value,
-                    "unit": "steps/s",
-                    "frames_per_step": FRAMES_PER_STEP,
-                    "reference": "bare_single_process_loop",
-                    "reference_value": reference,
-                    "ratio": value / reference,
-                    "better": "higher",
-                    "runs": [round(run, 1) for run in runs[count]],
-                }
-            ),
-            flush=True,
-        )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=20.0)
+    # Actors report their steps every 400 steps: long windows keep that granularity small.
+    parser.add_argument("--seconds", type=float, default=45.0)
     parser.add_argument("--actors", default="1,2,4")
     parser.add_argument("--repeats", type=int, default=3, help="Rounds of the actor half; medians reported.")
     parser.add_argument("--runs", type=int, default=3, help="Runs of the learner half; medians reported.")
@@ -92,7 +56,9 @@ def main() -> None:
     parser.add_argument("--skip", choices=["actors", "learner"], default=None)
     arguments = parser.parse_args()
     if arguments.skip != "actors":
-        actors([int(value) for value in arguments.actors.split(",")], arguments.seconds, arguments.repeats)
+        counts = [int(value) for value in arguments.actors.split(",")]
+        extra = {"frames_per_step": FRAMES_PER_STEP}
+        measure_actors(PRESET, counts, arguments.seconds, arguments.repeats, "atari_throughput", extra)
     if arguments.skip != "learner":
         value, reference = measure(PRESET, arguments.device, arguments.runs, arguments.seconds, pong_data())
         report(PRESET, arguments.device, value, reference)

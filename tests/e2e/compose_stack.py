@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from apexrl.learner.v1 import learner_pb2, learner_pb2_grpc
@@ -28,6 +29,14 @@ SERVICES = ("replay", "learner", "actor", "evaluator")
 T = TypeVar("T")
 
 # Host ports the stack publishes (docker-compose.yml variables); the test picks free ones.
+# The marks of every compose test module: slow, and run only by make compose-test.
+COMPOSE_TEST_MARKS = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        os.environ.get("APEXRL_COMPOSE_TEST") != "1",
+        reason="drives Docker and the images of make images; run it with make compose-test",
+    ),
+]
 PORT_VARIABLES = (
     "APEXRL_LEARNER_PORT",
     "APEXRL_LEARNER_METRICS_PORT",

@@ -22,6 +22,7 @@ import yaml
 
 from apexrl.learner.v1 import learner_pb2
 from tests.e2e.compose_stack import (
+    COMPOSE_TEST_MARKS,
     ROOT,
     SERVICES,
     ComposeStack,
@@ -34,13 +35,7 @@ from tests.e2e.compose_stack import (
 )
 from tests.e2e.debian_prometheus import build_image
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        os.environ.get("APEXRL_COMPOSE_TEST") != "1",
-        reason="drives Docker and the images of make images; run it with make compose-test",
-    ),
-]
+pytestmark = COMPOSE_TEST_MARKS
 
 PROJECT = "apexrl-e2e"
 PREFIX = os.environ.get("APEXRL_IMAGE_PREFIX", "apexrl")

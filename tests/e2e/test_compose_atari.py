@@ -6,7 +6,6 @@ Run by ``make compose-test`` after tests/e2e/test_compose.py, on its own compose
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -14,15 +13,16 @@ import pytest
 from apexrl.common.v1 import tensor_pb2
 from apexrl.replay.v1 import replay_pb2, replay_pb2_grpc
 from services.common.channels import create_channel
-from tests.e2e.compose_stack import ROOT, ComposeStack, actor_records, describe, wait_until
+from tests.e2e.compose_stack import (
+    COMPOSE_TEST_MARKS,
+    ROOT,
+    ComposeStack,
+    actor_records,
+    describe,
+    wait_until,
+)
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        os.environ.get("APEXRL_COMPOSE_TEST") != "1",
-        reason="drives Docker and the images of make images; run it with make compose-test",
-    ),
-]
+pytestmark = COMPOSE_TEST_MARKS
 
 PROJECT = "apexrl-e2e-atari"
 EXPERIMENT = ROOT / "deploy" / "compose" / "pong.yaml"
