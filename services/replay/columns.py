@@ -166,19 +166,15 @@ class ColumnStore:
             self._largest_encoded[name] = max(self._largest_encoded[name], int(items.sizes.max()))
 
     def gather_in_place(self, slots: NDArray[np.int64]) -> dict[str, Column | StoredRows]:
-        """As :meth:`gather`, but large dense rows come as views of the storage (valid under the lock)."""
+        """As :meth:`gather` (of at least one slot), but large dense rows come as views of the
+        storage, valid under the table's lock."""
         gathered: dict[str, Column | StoredRows] = dict(self.gather(slots, skip=self._row_views.keys()))
-        if len(slots):
-            pick = operator.itemgetter(*slots.tolist())
-            for name, views in self._row_views.items():
-                picked = pick(views)
-                array = self._arrays[name]
-                rows = picked if isinstance(picked, tuple) else (picked,)
-                gathered[name] = StoredRows(array.dtype, tuple(array.shape[1:]), rows)
-        else:
-            for name in self._row_views:
-                array = self._arrays[name]
-                gathered[name] = StoredRows(array.dtype, tuple(array.shape[1:]), ())
+        pick = operator.itemgetter(*slots.tolist())
+        for name, views in self._row_views.items():
+            picked = pick(views)  # one view, or a tuple of them for two slots or more
+            array = self._arrays[name]
+            rows = picked if isinstance(picked, tuple) else (picked,)
+            gathered[name] = StoredRows(array.dtype, tuple(array.shape[1:]), rows)
         return {name: gathered[name] for name in self._signature}
 
     def gather(self, slots: NDArray[np.int64], skip: Collection[str] = ()) -> dict[str, Column]:

@@ -47,33 +47,34 @@ def save_snapshot(
     """Streams the table to ``path`` (via a temporary file and an atomic rename)."""
     counters, first, end = table.counters()
     rows_per_chunk = max(1, chunk_bytes // max(1, table.item_bytes))
-    written = {"rows": 0, "pause": 0.0}
+    rows, pause = 0, 0.0
 
     def write(temporary: Path) -> None:
+        nonlocal rows, pause
         signature: dict[str, ColumnSpec] = {}
         chunks = 0
         with zipfile.ZipFile(temporary, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
             for begin in range(first, end, rows_per_chunk):
                 started = time.perf_counter()
                 chunk = table.read_rows(begin, min(begin + rows_per_chunk, end))
-                written["pause"] = max(written["pause"], time.perf_counter() - started)
+                pause = max(pause, time.perf_counter() - started)
                 if not len(chunk):
                     continue
                 signature = signature or {name: spec_of(column) for name, column in chunk.columns.items()}
                 _write_chunk(archive, chunks, list(signature), chunk)
-                written["rows"] += len(chunk)
+                rows += len(chunk)
                 chunks += 1
             manifest = {
                 "format": FORMAT,
                 "counters": counters.__dict__,
-                "rows": written["rows"],
+                "rows": rows,
                 "chunks": chunks,
                 "columns": [_describe(name, spec) for name, spec in signature.items()],
             }
             archive.writestr(_MANIFEST, json.dumps(manifest))
 
     size = write_atomically(path, write)
-    return SnapshotWritten(int(written["rows"]), size, float(written["pause"]))
+    return SnapshotWritten(rows, size, pause)
 
 
 def _describe(name: str, spec: ColumnSpec) -> dict[str, Any]:
