@@ -45,7 +45,7 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: bench-replay bench-learner bench-actors bench-solve
+bench: bench-replay bench-learner bench-actors bench-broadcast bench-solve
 
 bench-replay: setup
 	$(PY) bench/replay_throughput.py
@@ -55,6 +55,9 @@ bench-learner: setup
 
 bench-actors: setup
 	$(PY) bench/actor_throughput.py
+
+bench-broadcast: setup
+	$(PY) bench/parameter_broadcast.py
 
 bench-atari: setup
 	$(PY) bench/atari_throughput.py

@@ -6,12 +6,13 @@ import argparse
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 
 from services.common.logs import configure_logging
-from services.common.serving import ServerSettings, start_server
+from services.common.serving import AsyncServer, RunningServer, ServerSettings, start_server
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,21 @@ class EchoHandlers:
         )
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
+    def async_generic_handler(self) -> grpc.GenericRpcHandler:
+        """The same handlers as coroutines, for a grpc.aio server."""
+        handlers = {
+            method: grpc.unary_unary_rpc_method_handler(
+                _as_coroutine(self._answer(method)),
+                request_deserializer=_identity,
+                response_serializer=_identity,
+            )
+            for method in REPLY_METHODS
+        }
+        handlers[SET_REPLY_METHOD] = grpc.unary_unary_rpc_method_handler(
+            _as_coroutine(self._set_reply), request_deserializer=_identity, response_serializer=_identity
+        )
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
     def _answer(self, method: str) -> Callable[[bytes, grpc.ServicerContext], bytes]:
         replies = self._replies
 
@@ -72,27 +88,44 @@ class EchoHandlers:
         name, separator, reply = request.partition(SET_REPLY_SEPARATOR)
         method = name.decode(errors="replace")
         if not separator or method not in REPLY_METHODS:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown echo method {method!r}")
+            raise ValueError(f"unknown echo method {method!r}")
         self._replies[method] = reply
         logger.info("reply set method=%s bytes=%d", method, len(reply))
         return b""
+
+
+def _as_coroutine(handler: Callable[[bytes, Any], bytes]) -> Callable[[bytes, Any], Awaitable[bytes]]:
+    async def answer(request: bytes, context: Any) -> bytes:
+        return handler(request, context)
+
+    return answer
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True, help="gRPC port on 127.0.0.1.")
     parser.add_argument("--max-workers", type=int, default=ServerSettings.max_workers)
+    parser.add_argument(
+        "--aio", action="store_true", help="Serve on a grpc.aio loop, as the learner's service is served."
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args()
     configure_logging("echo", args.log_level)
     handlers = EchoHandlers()
-
-    def register(server: grpc.Server) -> None:
-        server.add_generic_rpc_handlers((handlers.generic_handler(),))
-
-    running = start_server(
-        register, [SERVICE_NAME], ServerSettings(port=args.port, max_workers=args.max_workers)
-    )
+    settings = ServerSettings(port=args.port, max_workers=args.max_workers)
+    running: RunningServer | AsyncServer
+    if args.aio:
+        running = AsyncServer(
+            lambda server: server.add_generic_rpc_handlers((handlers.async_generic_handler(),)),
+            [SERVICE_NAME],
+            settings,
+        )
+    else:
+        running = start_server(
+            lambda server: server.add_generic_rpc_handlers((handlers.generic_handler(),)),
+            [SERVICE_NAME],
+            settings,
+        )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     signal.signal(signal.SIGINT, lambda _signum, _frame: stop.set())

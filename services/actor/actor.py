@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from apexrl.common.v1 import tensor_pb2
 from apexrl.learner.v1 import learner_pb2
 from services.actor.learner_client import LearnerClient, NotRegisteredError, Parameters
-from services.actor.metrics import ActorMetrics
+from services.actor.metrics import DROP_OUTBOX_FULL, DROP_REFUSED, ActorMetrics
 from services.actor.n_step import Columns, NStepBuilder
 from services.actor.rollout import Rollout
 from services.algorithms.families import family_for_wire
@@ -27,7 +27,7 @@ from services.algorithms.interface import ActingPolicy, ExplorationSetting
 from services.algorithms.wire import exploration_from_wire
 from services.common.encoded import Column, compress
 from services.common.environments import AtariSettings, environment_spec, make_environment
-from services.common.sharded_replay import ReplayUnavailableError, ShardedReplayClient
+from services.common.sharded_replay import InsertRefusedError, ReplayUnavailableError, ShardedReplayClient
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,63 @@ _MAX_HOLD_S = 1.0
 # How long an insert may wait on a shard's samples-per-insert limiter: the wait is
 # the back-pressure that keeps actors from outrunning the learner.
 _INSERT_WAIT_S = 10.0
+
+# How the outbox treats a shard's refusal of an insert, by status code. Transient: the
+# shard's state is the cause and it takes the same batch later, so the batch is kept and
+# sent again. Permanent: the batch itself is the cause, or the shard can never take it;
+# sending it again would only hold back every newer batch behind it, so it is dropped.
+_TRANSIENT_INSERT_CODES = frozenset(
+    {
+        # The shard is unreachable or restarting. (The replay client marks a shard down for
+        # this code, DEADLINE_EXCEEDED or CANCELLED and tries the next one; the outbox sees
+        # them as ReplayUnavailableError once no shard took the batch.)
+        grpc.StatusCode.UNAVAILABLE,
+        # The shard did not answer in time (busy, or gone); nothing is stored when a request fails.
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        # The call was cut off (a channel closed, a shard stopping), not answered.
+        grpc.StatusCode.CANCELLED,
+        # replay.proto: the samples-per-insert limiter kept the insert waiting beyond
+        # max_wait_s, the back-pressure of a learner that is behind. (It is also the gRPC
+        # runtime's code for a request above the message limit, which the status does not
+        # tell apart; an insert batch of the usual size is far below it.)
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        # gRPC's code for a conflict to retry at a higher level; the replay does not send it.
+        grpc.StatusCode.ABORTED,
+    }
+)
+_PERMANENT_INSERT_CODES = frozenset(
+    {
+        # replay.proto: an empty or malformed batch, a column that does not match the table
+        # signature, bad priorities, more items than a request or the limiter's band allows:
+        # the same batch is refused again, on every try.
+        grpc.StatusCode.INVALID_ARGUMENT,
+        # gRPC: not to be retried until someone fixes the system's state; the replay's
+        # InsertTransitions does not send it (replay.proto has it for sampling and snapshots).
+        grpc.StatusCode.FAILED_PRECONDITION,
+        # A value outside its range: the request's contents, not the moment, are the cause.
+        grpc.StatusCode.OUT_OF_RANGE,
+        # No InsertTransitions where the address points (another service or version): it never will be.
+        grpc.StatusCode.UNIMPLEMENTED,
+        # The servicer's code for an OSError, and gRPC's for a request it cannot deserialize or
+        # a broken invariant (reserved for serious errors): sent again, the batch meets it again.
+        grpc.StatusCode.INTERNAL,
+        # An exception the servicer has no code for: a fault this batch sets off, again if resent.
+        grpc.StatusCode.UNKNOWN,
+        # Unrecoverable loss or corruption of the request.
+        grpc.StatusCode.DATA_LOSS,
+        # The replay has no authentication; a credential problem does not pass with time.
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        # Not sent by InsertTransitions; both name something about the request itself.
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+    }
+)
+
+
+def insert_refusal_is_transient(code: grpc.StatusCode) -> bool:
+    """Whether a shard that refused an insert with ``code`` may take the same batch later."""
+    return code in _TRANSIENT_INSERT_CODES
 
 
 def atari_settings_from_wire(spec: learner_pb2.ExperimentSpec) -> AtariSettings | None:
@@ -92,7 +149,9 @@ class Outbox:
     its first one arrived, so slow environments stream too. One insert is in flight
     at a time: the next batch waits for the previous one, so a shard's rate limiter
     still holds the actor back. While no shard accepts, transitions are kept (the
-    newest ``_MAX_OUTBOX_BATCHES`` batches) and sent again later.
+    newest ``_MAX_OUTBOX_BATCHES`` batches) and sent again later. A batch a shard refuses
+    for good (see ``_PERMANENT_INSERT_CODES``) is logged, counted and dropped, so the
+    batches after it go on.
 
     A batch's initial priorities (a forward pass of the local network over its
     observations) and the compression of its ``compressed`` columns are computed on the
@@ -167,34 +226,64 @@ class Outbox:
         self._replay.insert(sent, priorities, _INSERT_WAIT_S)
 
     def flush(self, policy: ActingPolicy) -> None:
-        """Sends all that is held and waits for it (on stop); gives up at the first refusal."""
+        """Sends all that is held and waits for it (on stop); gives up at the first batch kept."""
         accepted = self._settle()
         while self._count and accepted:
             self.send(policy)
             accepted = self._settle()
 
     def _settle(self) -> bool:
-        """Waits for the insert in flight, if any; False if it was refused (its batch is kept)."""
+        """Waits for the insert in flight, if any; False if it was not accepted and its batch is kept.
+
+        A batch refused for good is dropped instead, and True: the batches after it may go.
+        """
         if self._in_flight is None:
             return True
         call, columns = self._in_flight
         self._in_flight = None
         try:
             call.result()
-        except (grpc.RpcError, ReplayUnavailableError) as error:
+        except InsertRefusedError as refusal:
+            if not insert_refusal_is_transient(refusal.code()):
+                self._drop(columns, refusal)
+                return True
+            self._keep(columns, refusal)
+            return False
+        except ReplayUnavailableError as error:
             self._keep(columns, error)
             return False
         self._metrics.transitions_sent.inc(len(columns["reward"]))
         return True
+
+    def _drop(self, columns: Columns, refusal: InsertRefusedError) -> None:
+        """Drops a batch a shard refused for good: logged once, counted, never sent again."""
+        rows = len(columns["reward"])
+        self._metrics.batches_refused.labels(str(refusal.shard), refusal.code().name).inc()
+        self._metrics.transitions_dropped.labels(DROP_REFUSED).inc(rows)
+        logger.error(
+            "insert refused, dropping %d transitions shard=%d address=%s code=%s error=%s",
+            rows,
+            refusal.shard,
+            refusal.address,
+            refusal.code().name,
+            refusal.details(),
+        )
 
     def _keep(self, columns: Columns, error: Exception) -> None:
         """Puts a batch that was not accepted back in front, dropping the oldest beyond the bound."""
         self._retry_at = time.monotonic() + 1.0
         self._parts.insert(0, columns)
         self._count += len(columns["reward"])
+        dropped = 0
         while self._count > _MAX_OUTBOX_BATCHES * self._batch_size and len(self._parts) > 1:
-            self._count -= len(self._parts.pop(0)["reward"])
-        logger.warning("insert failed, keeping %d transitions error=%s", self._count, error)
+            rows = len(self._parts.pop(0)["reward"])
+            self._count -= rows
+            dropped += rows
+        if dropped:
+            self._metrics.transitions_dropped.labels(DROP_OUTBOX_FULL).inc(dropped)
+        logger.warning(
+            "insert failed, keeping %d transitions dropped=%d error=%s", self._count, dropped, error
+        )
 
 
 class Actor:
@@ -322,6 +411,7 @@ class _Session:
         self.policy_lock = threading.Lock()
         self._exploration_kind = family_for_wire(registration.spec.algorithm).exploration_kind
         self.version = 0
+        self.lineage = ""  # of version: the learner's incarnation that numbered it
         self.steps = 0
         # Every actor explores differently: its seed derives from the run's and its first id.
         self.seed = int(registration.spec.seed) + 10_007 * registration.actor_id
@@ -351,7 +441,13 @@ class _Session:
             episodes=rollout.stats.episodes - self._episodes_at_registration,
             last_episode_return=rollout.stats.last_return,
         )
-        self._pull = self._rpc.submit(self._learner.get_parameters, self.version, self.actor_id, progress)
+        self._pull = self._rpc.submit(
+            self._learner.get_parameters,
+            self.version,
+            self.actor_id,
+            progress,
+            known_lineage=self.lineage,
+        )
 
     def cancel_refresh(self) -> None:
         """Abandons a pull under way (the actor is stopping)."""
@@ -380,8 +476,9 @@ class _Session:
             logger.warning("parameter refresh failed code=%s", error.code().name)
             return
         if parameters is not None:
-            self._metrics.parameter_lag.set(parameters.version - self.version)
+            if parameters.lineage == self.lineage:  # across lineages the numbers do not compare
+                self._metrics.parameter_lag.set(parameters.version - self.version)
             with self.policy_lock:  # the sender thread computes priorities with the same network
                 self.policy.load_parameters(parameters.state_dict)
-            self.version = parameters.version
+            self.version, self.lineage = parameters.version, parameters.lineage
             self._metrics.parameter_version.set(self.version)

@@ -96,11 +96,12 @@ class Evaluator:
             make_spec_environment(registration.spec) for _ in range(settings.episodes - 1)
         ]
         seed = int(registration.spec.seed) + _EVALUATION_SEED_OFFSET
-        self._actor_id, version = registration.actor_id, 0
+        self._actor_id = registration.actor_id
+        evaluated: Parameters | None = None
         logger.info("evaluator running actor_id=%d episodes=%d", self._actor_id, settings.episodes)
         while not stop.is_set():
             try:
-                parameters = self._newer_than(version)
+                parameters = self._newer_than(evaluated)
             except NotRegisteredError:
                 registration = self._learner.register(
                     learner_pb2.CLIENT_ROLE_EVALUATOR, self._client_name, stop
@@ -115,11 +116,11 @@ class Evaluator:
                 stop.wait(0.2)
                 continue
             policy.load_parameters(parameters.state_dict)
-            version = parameters.version
-            beat = self._heartbeat(version)
+            evaluated = parameters
+            beat = self._heartbeat(evaluated)
             returns = play_deterministic_episodes(policy, environments, seed, stop, beat)
             if len(returns) == settings.episodes:
-                self._report(version, returns)
+                self._report(evaluated, returns)
             self._wait(settings.interval_s, stop, beat)
         for environment in environments:
             environment.close()
@@ -132,14 +133,19 @@ class Evaluator:
         ):
             beat()
 
-    def _newer_than(self, version: int) -> Parameters | None:
-        """The parameters a heartbeat brought, else a pull's."""
+    def _newer_than(self, evaluated: Parameters | None) -> Parameters | None:
+        """The parameters a heartbeat brought, else a pull's; None when ``evaluated`` is current."""
         held, self._held = self._held, None
-        if held is not None and held.version > version:
+        if held is not None and not _same_version(held, evaluated):
             return held
-        return self._learner.get_parameters(version, self._actor_id)
+        return self._pull(evaluated)
 
-    def _heartbeat(self, evaluating: int) -> Callable[[], None]:
+    def _pull(self, known: Parameters | None) -> Parameters | None:
+        if known is None:
+            return self._learner.get_parameters(0, self._actor_id)
+        return self._learner.get_parameters(known.version, self._actor_id, known_lineage=known.lineage)
+
+    def _heartbeat(self, evaluating: Parameters) -> Callable[[], None]:
         """A callback, called as often as convenient, that pulls once every heartbeat interval."""
         due = time.monotonic() + self._heartbeat_interval_s
 
@@ -148,9 +154,8 @@ class Evaluator:
             if time.monotonic() < due:
                 return
             due = time.monotonic() + self._heartbeat_interval_s
-            known = self._held.version if self._held is not None else evaluating
             try:
-                pulled = self._learner.get_parameters(known, self._actor_id)
+                pulled = self._pull(self._held or evaluating)
             except (NotRegisteredError, grpc.RpcError) as error:  # the loop re-registers or retries
                 logger.warning("heartbeat pull failed error=%s", error)
                 return
@@ -159,14 +164,22 @@ class Evaluator:
 
         return beat
 
-    def _report(self, version: int, returns: list[float]) -> None:
+    def _report(self, evaluated: Parameters, returns: list[float]) -> None:
+        version = evaluated.version
         mean = float(np.mean(returns))
         self._metrics.evaluation_return.set(mean)
         self._metrics.parameter_version.set(version)
         self._metrics.evaluations.inc()
         try:
-            reply = self._learner.report_evaluation(version, returns)
+            # Refused (FAILED_PRECONDITION) when the learner restarted since: its parameters are gone.
+            reply = self._learner.report_evaluation(version, returns, evaluated.lineage)
         except grpc.RpcError as error:
             logger.warning("evaluation report failed version=%d code=%s", version, error.code().name)
             return
         logger.info("evaluated version=%d mean_return=%.2f new_best=%s", version, mean, reply.new_best)
+
+
+def _same_version(pulled: Parameters, evaluated: Parameters | None) -> bool:
+    if evaluated is None:
+        return False
+    return (pulled.lineage, pulled.version) == (evaluated.lineage, evaluated.version)

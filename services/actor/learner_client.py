@@ -24,6 +24,8 @@ class NotRegisteredError(Exception):
 class Parameters:
     version: int
     state_dict: dict[str, torch.Tensor]
+    # The learner incarnation that numbered ``version`` (numbers repeat after a crash).
+    lineage: str = ""
 
 
 class LearnerClient:
@@ -63,14 +65,22 @@ class LearnerClient:
         actor_id: int,
         progress: learner_pb2.ActorProgress | None = None,
         parameter_set: learner_pb2.ParameterSet.ValueType = learner_pb2.PARAMETER_SET_ACTOR,
+        known_lineage: str = "",
     ) -> Parameters | None:
-        """Newer parameters of the set named (the actors'), or None when ``known_version`` is current.
+        """Newer parameters of the set named (the actors'), or None when the version held is current.
+
+        The version held is ``known_version`` of ``known_lineage``; another lineage's
+        version (a learner restarted since) is never current, whatever its number.
 
         Raises NotRegisteredError when the learner no longer knows ``actor_id``,
         and grpc.RpcError when it cannot be reached (the caller keeps acting).
         """
         request = learner_pb2.GetParametersRequest(
-            known_version=known_version, actor_id=actor_id, progress=progress, parameter_set=parameter_set
+            known_version=known_version,
+            known_lineage=known_lineage,
+            actor_id=actor_id,
+            progress=progress,
+            parameter_set=parameter_set,
         )
         try:
             reply = self._stub.GetParameters(request, timeout=self._timeout_s)
@@ -80,10 +90,14 @@ class LearnerClient:
             raise
         if reply.up_to_date:
             return None
-        return Parameters(reply.version, parameter_codec.from_wire(reply.parameters))
+        return Parameters(reply.version, parameter_codec.from_wire(reply.parameters), reply.lineage)
 
-    def report_evaluation(self, version: int, returns: list[float]) -> learner_pb2.ReportEvaluationResponse:
-        request = learner_pb2.ReportEvaluationRequest(parameter_version=version, episode_returns=returns)
+    def report_evaluation(
+        self, version: int, returns: list[float], lineage: str = ""
+    ) -> learner_pb2.ReportEvaluationResponse:
+        request = learner_pb2.ReportEvaluationRequest(
+            parameter_version=version, episode_returns=returns, parameter_lineage=lineage
+        )
         return self._stub.ReportEvaluation(request, timeout=self._timeout_s)
 
     def status(self) -> learner_pb2.GetStatusResponse:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+# Why an actor's outbox dropped transitions: the values of apexrl_actor_transitions_dropped's label.
+DROP_REFUSED = "refused"
+DROP_OUTBOX_FULL = "outbox_full"
+DROP_REASONS = (DROP_REFUSED, DROP_OUTBOX_FULL)
+
 
 class ActorMetrics:
     def __init__(self) -> None:
@@ -17,6 +22,22 @@ class ActorMetrics:
         self.transitions_sent = Counter(
             "apexrl_actor_transitions_sent", "n-step transitions inserted into the replay.", registry=registry
         )
+        self.batches_refused = Counter(
+            "apexrl_actor_batches_refused",
+            "Batches a replay shard refused for good (dropped, not sent again), "
+            "by shard index and status code.",
+            ["shard", "code"],
+            registry=registry,
+        )
+        self.transitions_dropped = Counter(
+            "apexrl_actor_transitions_dropped",
+            "n-step transitions never inserted: refused for good by a shard (refused), or the oldest "
+            "beyond the outbox's bound while no shard accepted (outbox_full).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in DROP_REASONS:  # both series exist from the start, at 0
+            self.transitions_dropped.labels(reason)
         self.parameter_version = Gauge(
             "apexrl_actor_parameter_version", "Parameter version the actor acts with.", registry=registry
         )

@@ -87,6 +87,8 @@ def format_validation_error(error: ValidationError, source: str, tagged_unions: 
             context = issue.get("ctx", {})
             message = f"unknown name {context.get('tag')!r}; expected one of {context.get('expected_tags')}"
             detail = ""
+        elif isinstance(issue.get("input"), Mapping):
+            detail = ""  # a whole section's check: its message names the fields
         lines.append(f"  {field}: {message}{detail}")
     return "\n".join(lines)
 

@@ -26,6 +26,11 @@ CODECS: tuple[Codec, ...] = ("zstd",)
 _LEVEL = 3
 
 
+class InvalidInputError(ValueError):
+    """Input that its sender got wrong: a malformed tensor or encoded column, a batch or priorities
+    that do not fit. Servers answer it as INVALID_ARGUMENT; any other error is their own bug."""
+
+
 @dataclass(frozen=True, eq=False)
 class EncodedItems:
     """N compressed items of dtype ``dtype`` and shape ``item_shape``; ``data`` holds them in order."""
@@ -177,7 +182,7 @@ def compress(array: NDArray[Any], codec: Codec = "zstd") -> EncodedItems:
 
 
 def decompress(items: EncodedItems) -> NDArray[Any]:
-    """The items decoded, [N, *item_shape]; ValueError naming the first item that does not decode."""
+    """The items decoded, [N, *item_shape]; InvalidInputError naming the first item that does not decode."""
     if len(items) == 0:
         return np.empty(items.shape, dtype=items.dtype)
     decoded = b"".join(cast(Iterable[bytes], _decompressed_frames(items)))
@@ -186,10 +191,10 @@ def decompress(items: EncodedItems) -> NDArray[Any]:
 
 def _decompressed_frames(items: EncodedItems) -> zstandard.BufferWithSegmentsCollection:
     if items.codec not in CODECS:
-        raise ValueError(f"unknown codec {items.codec!r}; known: {list(CODECS)}")
+        raise InvalidInputError(f"unknown codec {items.codec!r}; known: {list(CODECS)}")
     count, item_nbytes = len(items), items.item_nbytes
     if item_nbytes == 0:
-        raise ValueError(f"encoded items of {items.describe()} hold no bytes")
+        raise InvalidInputError(f"encoded items of {items.describe()} hold no bytes")
     frames = zstandard.BufferWithSegments(
         items.data.data, np.stack([items.offsets(), items.sizes], axis=1).astype(np.uint64).tobytes()
     )
@@ -198,21 +203,23 @@ def _decompressed_frames(items: EncodedItems) -> zstandard.BufferWithSegmentsCol
             frames, decompressed_sizes=np.full(count, item_nbytes, dtype=np.uint64).tobytes()
         )
     except (zstandard.ZstdError, ValueError) as error:
-        raise ValueError(
+        raise InvalidInputError(
             f"encoded items ({items.describe()}) do not decompress to {item_nbytes} bytes each: {error}"
         ) from None
 
 
 def check_encoded(items: EncodedItems) -> None:
-    """ValueError unless the sizes fit the data and every item decompresses to exactly one item."""
+    """InvalidInputError unless the sizes fit the data and every item decompresses to exactly one item."""
     if items.sizes.ndim != 1:
-        raise ValueError(f"sizes must be int64 [N], got shape {list(items.sizes.shape)}")
+        raise InvalidInputError(f"sizes must be int64 [N], got shape {list(items.sizes.shape)}")
     if len(items) and int(items.sizes.min()) < 1:
         index = int(np.flatnonzero(items.sizes < 1)[0])
-        raise ValueError(f"sizes[{index}] = {int(items.sizes[index])}; every item needs at least 1 byte")
+        raise InvalidInputError(
+            f"sizes[{index}] = {int(items.sizes[index])}; every item needs at least 1 byte"
+        )
     total = int(items.sizes.sum())
     if total != items.data.shape[0]:
-        raise ValueError(f"sizes add up to {total} bytes but the data holds {items.data.shape[0]}")
+        raise InvalidInputError(f"sizes add up to {total} bytes but the data holds {items.data.shape[0]}")
     if len(items):
         _decompressed_frames(items)
 

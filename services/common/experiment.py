@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from services.common.config import StrictModel
+
+# The most items a replay shard returns for one sample request (the shard refuses more).
+MAX_SAMPLE_ITEMS = 16_384
 
 if TYPE_CHECKING:
     from services.common.environments import AtariSettings
@@ -72,6 +75,23 @@ class OffPolicyConfig(StrictModel):
     samples_per_insert: float = Field(0.0, ge=0, description="Shard rate limit; 0 = off.")
     parameter_publish_interval: int = Field(10, ge=1, description="Updates between parameter versions.")
     actor: ActorConfig = ActorConfig()
+
+    @model_validator(mode="after")
+    def _learning_can_start(self) -> OffPolicyConfig:
+        """Refuses settings that would leave the learner waiting forever without a word."""
+        per_request = self.batch_size * self.batches_per_sample_request
+        if per_request > MAX_SAMPLE_ITEMS:
+            raise ValueError(
+                f"batch_size {self.batch_size} x batches_per_sample_request "
+                f"{self.batches_per_sample_request} = {per_request} items per sample request, "
+                f"above the {MAX_SAMPLE_ITEMS} a replay shard returns: lower either"
+            )
+        if self.min_replay_size > self.replay_capacity:
+            raise ValueError(
+                f"min_replay_size {self.min_replay_size} is above replay_capacity {self.replay_capacity}: "
+                f"learning would never start"
+            )
+        return self
 
 
 class AtariConfig(StrictModel):

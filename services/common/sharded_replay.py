@@ -53,6 +53,26 @@ class ReplayUnavailableError(Exception):
     """No shard can be sampled (or written) right now; retry later."""
 
 
+class InsertRefusedError(grpc.RpcError):
+    """A shard answered an insert with a status that does not mark it down; names the shard.
+
+    An ``RpcError`` itself (``code()``, ``details()``), so callers that catch those still do.
+    """
+
+    def __init__(self, shard: int, address: str, error: grpc.RpcError) -> None:
+        self.shard = shard
+        self.address = address
+        self._code: grpc.StatusCode = error.code()
+        self._details: str = error.details() or ""
+        super().__init__(f"shard {shard} ({address}) refused the insert: {self._code.name} {self._details}")
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
 @dataclass(frozen=True)
 class ShardedSample:
     """A global prioritized batch; ``shards`` and ``keys`` route priority updates back.
@@ -414,7 +434,7 @@ class ShardedReplayClient:
         """Inserts into the next shard not backing off (round robin); returns the shard and the keys.
 
         A shard found down is marked so and the next one is tried, each at most once:
-        ReplayUnavailableError when none took the batch, grpc.RpcError for any other failure.
+        ReplayUnavailableError when none took the batch, InsertRefusedError for any other failure.
         """
         request = replay_pb2.InsertTransitionsRequest(max_wait_s=max_wait_s)
         tensor_codec.encode_columns_into(request.batch, columns)
@@ -429,7 +449,7 @@ class ShardedReplayClient:
                 reply = shard.stub.InsertTransitions(request, timeout=self._timeout_s + max_wait_s)
             except grpc.RpcError as error:
                 if error.code() not in _DOWN_CODES:
-                    raise
+                    raise InsertRefusedError(shard_index, shard.address, error) from error
                 self._mark_down(shard_index, error)
                 continue
             self._mark_up(shard_index)

@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from apexrl.common.v1 import tensor_pb2
-from services.common.encoded import CODECS, Codec, Column, EncodedItems
+from services.common.encoded import CODECS, Codec, Column, EncodedItems, InvalidInputError
 
 _WIRE_TO_NUMPY: dict[int, np.dtype[np.generic]] = {
     tensor_pb2.DATA_TYPE_FLOAT32: np.dtype("<f4"),
@@ -52,11 +52,11 @@ def wire_dtype(dtype: np.dtype[np.generic]) -> tensor_pb2.DataType.ValueType:
 
 
 def numpy_dtype(dtype: int) -> np.dtype[np.generic]:
-    """The numpy dtype for a wire enum value; ValueError for unknown or unspecified values."""
+    """The numpy dtype for a wire enum value; InvalidInputError for unknown or unspecified values."""
     try:
         return _WIRE_TO_NUMPY[dtype]
     except KeyError:
-        raise ValueError(f"unknown tensor dtype {dtype}") from None
+        raise InvalidInputError(f"unknown tensor dtype {dtype}") from None
 
 
 def encode_into(tensor: tensor_pb2.Tensor, array: NDArray[np.generic] | np.generic) -> None:
@@ -79,24 +79,24 @@ def encode(array: NDArray[np.generic] | np.generic) -> tensor_pb2.Tensor:
 
 
 def decode(tensor: tensor_pb2.Tensor, name: str = "tensor") -> NDArray[Any]:
-    """A read-only array over the message's bytes; ValueError naming ``name`` when malformed."""
+    """A read-only array over the message's bytes; InvalidInputError naming ``name`` when malformed."""
     try:
         dtype = numpy_dtype(tensor.dtype)
     except ValueError:
-        raise ValueError(f"{name}: unknown or unspecified dtype {tensor.dtype}") from None
+        raise InvalidInputError(f"{name}: unknown or unspecified dtype {tensor.dtype}") from None
     shape = tuple(tensor.shape)
     if any(dimension < 0 for dimension in shape):
-        raise ValueError(f"{name}: negative dimension in shape {list(shape)}")
+        raise InvalidInputError(f"{name}: negative dimension in shape {list(shape)}")
     count = math.prod(shape)
     data = tensor.data
     if len(data) != count * dtype.itemsize:
-        raise ValueError(
+        raise InvalidInputError(
             f"{name}: {len(data)} bytes do not match {dtype.name}{list(shape)} "
             f"({count * dtype.itemsize} bytes expected)"
         )
     array = np.frombuffer(data, dtype=dtype).reshape(shape)
     if dtype.kind == "b" and array.view(np.uint8).max(initial=0) > 1:
-        raise ValueError(f"{name}: bool tensor holds bytes other than 0 and 1")
+        raise InvalidInputError(f"{name}: bool tensor holds bytes other than 0 and 1")
     if not dtype.isnative:
         array = array.astype(dtype.newbyteorder("="))
     return array
@@ -112,11 +112,11 @@ def wire_codec(codec: Codec) -> tensor_pb2.Codec.ValueType:
 
 
 def codec_from_wire(value: int, name: str = "codec") -> Codec:
-    """The codec of a wire enum value; ValueError for unknown or unspecified values."""
+    """The codec of a wire enum value; InvalidInputError for unknown or unspecified values."""
     try:
         return _WIRE_TO_CODEC[value]  # type: ignore[index]
     except KeyError:
-        raise ValueError(f"{name}: unknown or unspecified codec {value}") from None
+        raise InvalidInputError(f"{name}: unknown or unspecified codec {value}") from None
 
 
 def encode_encoded_into(column: tensor_pb2.EncodedColumn, items: EncodedItems) -> None:
@@ -127,7 +127,7 @@ def encode_encoded_into(column: tensor_pb2.EncodedColumn, items: EncodedItems) -
 
 
 def decode_encoded(column: tensor_pb2.EncodedColumn, name: str) -> EncodedItems:
-    """The column's items, still compressed; ValueError naming ``name`` when malformed.
+    """The column's items, still compressed; InvalidInputError naming ``name`` when malformed.
 
     Checks the framing only (codec, item spec, sizes against the data); whether the
     bytes decompress is :func:`services.common.encoded.check_encoded`'s to tell.
@@ -136,19 +136,23 @@ def decode_encoded(column: tensor_pb2.EncodedColumn, name: str) -> EncodedItems:
     try:
         dtype = numpy_dtype(column.item_spec.dtype)
     except ValueError:
-        raise ValueError(f"{name}: unknown or unspecified item dtype {column.item_spec.dtype}") from None
+        raise InvalidInputError(
+            f"{name}: unknown or unspecified item dtype {column.item_spec.dtype}"
+        ) from None
     item_shape = tuple(column.item_spec.shape)
     if any(dimension < 0 for dimension in item_shape):
-        raise ValueError(f"{name}: negative dimension in item shape {list(item_shape)}")
+        raise InvalidInputError(f"{name}: negative dimension in item shape {list(item_shape)}")
     sizes = decode(column.sizes, f"{name} sizes")
     if sizes.dtype != np.int64 or sizes.ndim != 1:
-        raise ValueError(f"{name}: sizes must be int64 [N], got {sizes.dtype.name}{list(sizes.shape)}")
+        raise InvalidInputError(f"{name}: sizes must be int64 [N], got {sizes.dtype.name}{list(sizes.shape)}")
     data = np.frombuffer(column.data, dtype=np.uint8)
     if len(sizes) and int(sizes.min()) < 1:
         index = int(np.flatnonzero(sizes < 1)[0])
-        raise ValueError(f"{name}: sizes[{index}] = {int(sizes[index])}; every item needs at least 1 byte")
+        raise InvalidInputError(
+            f"{name}: sizes[{index}] = {int(sizes[index])}; every item needs at least 1 byte"
+        )
     if int(sizes.sum()) != data.shape[0]:
-        raise ValueError(
+        raise InvalidInputError(
             f"{name}: sizes add up to {int(sizes.sum())} bytes but the data holds {data.shape[0]}"
         )
     return EncodedItems(codec, dtype, item_shape, sizes, data)
@@ -175,7 +179,7 @@ def decode_columns(batch: tensor_pb2.TransitionBatch) -> dict[str, Column]:
     }
     for name, encoded in batch.encoded_columns.items():
         if name in columns:
-            raise ValueError(f"column {name!r} is given both raw and encoded")
+            raise InvalidInputError(f"column {name!r} is given both raw and encoded")
         columns[name] = decode_encoded(encoded, f"column {name!r}")
     return columns
 

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from services.common.local_process import LocalProcess
+from services.launcher.log_errors import error_lines, read_log
 
 logger = logging.getLogger(__name__)
 
 
 class RunFailedError(RuntimeError):
-    """A part of the run cannot be kept alive; the message says which and why."""
+    """A part of the run cannot be kept alive; the message says which, and where its log is.
+
+    ``reason`` holds the part's own words for why it stopped, read from its log; the
+    message shows them on indented lines after its first.
+    """
+
+    def __init__(self, message: str, reason: Sequence[str] = ()) -> None:
+        self.reason = tuple(reason)
+        super().__init__("\n".join([message, *(f"  {line}" for line in self.reason)]))
 
 
 class Child:
@@ -36,6 +46,7 @@ class Child:
         self.restarts = 0
         self.port = 0
         self.process: LocalProcess | None = None
+        self._log_start = 0  # where the current process's output begins in the (shared) log
 
     @property
     def address(self) -> str:
@@ -46,6 +57,7 @@ class Child:
 
     def launch(self) -> Child:
         """Starts the process without waiting for it to serve."""
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.process = LocalProcess(self._args(self.port), self.log_path, self._niceness)
         return self
 
@@ -55,7 +67,10 @@ class Child:
             try:
                 address = self.process.wait_for_address()
             except RuntimeError as error:
-                raise RunFailedError(f"{self.name} failed to start: {error}; see {self.log_path}") from None
+                self.process.stop()  # gone already; this waits until all its output is in the log
+                raise RunFailedError(
+                    f"{self.name} failed to start: {error}; see {self.log_path}", self.reason()
+                ) from None
             self.port = int(address.rsplit(":", 1)[1])
         return self
 
@@ -70,13 +85,31 @@ class Child:
         if code is None:
             return
         self.process.stop()
+        reason = self.reason(code)
         if self.restarts >= self._max_restarts:
             raise RunFailedError(
-                f"{self.name} exited with code {code} after {self.restarts} restarts; see {self.log_path}"
+                f"{self.name} exited with code {code} after {self.restarts} restarts; see {self.log_path}",
+                reason,
             )
         self.restarts += 1
-        logger.warning("restarting child=%s exit_code=%s restart=%d", self.name, code, self.restarts)
+        logger.warning(
+            "restarting child=%s exit_code=%s restart=%d reason=%r",
+            self.name,
+            code,
+            self.restarts,
+            " / ".join(reason),
+        )
         self.start()
+
+    def reason(self, exit_code: int | None = None) -> list[str]:
+        """Why the last process stopped, in its own words from the log (and the signal that killed it)."""
+        reason = error_lines(read_log(self.log_path, self._log_start))
+        if exit_code is not None and exit_code < 0:
+            try:
+                reason.append(f"killed by {signal.Signals(-exit_code).name}")
+            except ValueError:
+                reason.append(f"killed by signal {-exit_code}")
+        return reason
 
     def stop(self, timeout_s: float = 60.0) -> int | None:
         if self.process is None:

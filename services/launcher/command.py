@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from services.algorithms.experiment import load_experiment
 from services.common.config import ConfigError
@@ -16,6 +17,8 @@ from services.launcher.progress_view import ProgressView
 
 if TYPE_CHECKING:
     from services.launcher.local_run import RunOutcome
+
+logger = logging.getLogger(__name__)
 
 
 def _log_to_file(path: Path, level: str) -> None:
@@ -51,7 +54,7 @@ def _ensure_learning_curve(run_dir: Path, title: str) -> None:
 
     curve = run_dir / "learning_curve.png"
     metrics = run_dir / "metrics.csv"
-    if not curve.exists() and metrics.exists():
+    if not curve.exists() and metrics.is_file():
         plot_learning_curve(metrics, curve, title)
 
 
@@ -70,12 +73,15 @@ def run_command(
     """Train on this machine: replay shards, learner, evaluator and actors as local processes."""
     from services.launcher.children import RunFailedError
     from services.launcher.local_run import default_run_dir, run_locally
+    from services.launcher.prechecks import PrecheckError, check_experiment  # torch, gymnasium
 
     console = Console()
     try:
         experiment = load_experiment(config, overrides or [])
-    except (ConfigError, FileNotFoundError) as error:
-        console.print(f"apexrl run: {error}", markup=False, highlight=False)
+        # Before any process or folder: what would stop the learner is said here, in one line.
+        check_experiment(experiment)
+    except (ConfigError, FileNotFoundError, PrecheckError) as error:
+        console.print(f"apexrl run: {error}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     folder = run_dir or default_run_dir(experiment)
     _log_to_file(folder / "logs" / "launcher.log", log_level)
@@ -84,7 +90,11 @@ def run_command(
     try:
         outcome = run_locally(experiment, folder, actors, shards, stop, view)
     except RunFailedError as error:
-        console.print(f"[bold red]apexrl run failed[/]: {error}")
+        logger.error("run failed: %s", error)
+        # The part's own words may hold brackets; they are not markup.
+        console.print(
+            f"[bold red]apexrl run failed[/]: {escape(str(error))}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(1) from None
     finally:
         _ensure_learning_curve(folder, experiment.environment.id)

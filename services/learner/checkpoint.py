@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -17,6 +20,19 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "apexrl.learner.checkpoint/1"
 _PREFIX = "checkpoint-"
+# The settings a checkpoint's tensors depend on: with any of them changed, they are another
+# model's (other shapes, or the same shapes meaning something else).
+MODEL_SETTINGS = (
+    "algorithm.name",
+    "algorithm.network",
+    "environment.id",
+    "environment.frame_stack",
+    "environment.atari",
+)
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not fit the configured experiment; the message names each difference."""
 
 
 @dataclass(frozen=True)
@@ -67,11 +83,82 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], TrainingCounte
     return tensors, counters, metadata.get("config", "")
 
 
-def latest_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], TrainingCounters, str] | None:
+@dataclass(frozen=True)
+class Restored:
+    """A checkpoint read back: where it was, its tensors, counters and config YAML."""
+
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    counters: TrainingCounters
+    config_yaml: str
+
+
+def latest_checkpoint(directory: Path) -> Restored | None:
     """The newest readable checkpoint; a damaged newest file falls back to the one before it."""
     for path in reversed(checkpoints(directory)):
         try:
-            return load_checkpoint(path)
+            return Restored(path, *load_checkpoint(path))
         except ValueError as error:
             logger.error("skipping unreadable checkpoint path=%s error=%s", path, error)
     return None
+
+
+def _leaves(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, dict):
+        leaves: dict[str, Any] = {}
+        for key, item in value.items():
+            leaves.update(_leaves(item, f"{prefix}.{key}"))
+        return leaves or {prefix: {}}
+    return {prefix: value}
+
+
+def _setting(config: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = config
+    for key in dotted.split("."):
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return value
+
+
+def setting_differences(stored_yaml: str, current: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """The differences between a checkpoint's config and ``current`` (a config dumped as JSON data):
+    those in :data:`MODEL_SETTINGS`, then the others (which a resumed run may change)."""
+    stored = yaml.safe_load(stored_yaml) if stored_yaml else None
+    if not isinstance(stored, dict):
+        return [], []
+    before, now = _leaves(stored, ""), _leaves(dict(current), "")
+    matter: list[str] = []
+    other: list[str] = []
+    for key in sorted(before.keys() | now.keys()):
+        if before.get(key) == now.get(key):
+            continue
+        name = key.removeprefix(".")
+        was, wanted = before.get(key, "(absent)"), now.get(key, "(absent)")
+        line = f"{name} is {was!r} in the checkpoint, {wanted!r} now"
+        model = any(name == setting or name.startswith(setting + ".") for setting in MODEL_SETTINGS)
+        (matter if model else other).append(line)
+    return matter, other
+
+
+def tensor_differences(stored: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> list[str]:
+    """Tensors ``expected`` names that ``stored`` lacks or holds in another shape or dtype."""
+    problems = []
+    for name, tensor in expected.items():
+        held = stored.get(name)
+        if held is None:
+            problems.append(f"tensor {name} is missing")
+        elif held.shape != tensor.shape or held.dtype != tensor.dtype:
+            problems.append(
+                f"tensor {name} is {tuple(held.shape)} {held.dtype} in the checkpoint, "
+                f"{tuple(tensor.shape)} {tensor.dtype} now"
+            )
+    return problems
+
+
+def mismatch(path: Path, problems: list[str], shown: int = 6) -> CheckpointMismatchError:
+    listed = "; ".join(problems[:shown])
+    if len(problems) > shown:
+        listed += f"; and {len(problems) - shown} more"
+    return CheckpointMismatchError(
+        f"checkpoint {path} does not fit this experiment: {listed}. Resume with the settings it was "
+        f"trained with, or start a new run folder"
+    )

@@ -12,7 +12,6 @@ import torch
 import yaml
 from safetensors.numpy import save_file
 
-from apexrl.learner.v1 import learner_pb2, learner_pb2_grpc
 from services.algorithms.experiment import ExperimentConfig
 from services.algorithms.families import family_named
 from services.algorithms.interface import LearnerCore
@@ -20,8 +19,15 @@ from services.common import tensor_codec
 from services.common.atomic_files import write_atomically
 from services.common.environments import describe_environment
 from services.common.http_endpoint import HttpEndpoint
-from services.common.serving import MIB, RunningServer, ServerSettings, start_server
-from services.learner.checkpoint import TrainingCounters, latest_checkpoint, save_checkpoint
+from services.common.serving import MIB, AsyncServer, ServerSettings
+from services.learner.checkpoint import (
+    TrainingCounters,
+    latest_checkpoint,
+    mismatch,
+    save_checkpoint,
+    setting_differences,
+    tensor_differences,
+)
 from services.learner.device import resolve_device
 from services.learner.feed_process import ReplayFeed
 from services.learner.metrics import LearnerMetrics
@@ -29,12 +35,12 @@ from services.learner.parameter_store import ParameterStore
 from services.learner.progress import Progress
 from services.learner.registry import ActorRegistry
 from services.learner.run_log import RunLog
-from services.learner.servicer import LearnerServicer
+from services.learner.servicer import SERVICE_NAME, LearnerServicer, add_to_server
+from services.learner.shard_check import check_shards
 from services.learner.training import Trainer
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = learner_pb2.DESCRIPTOR.services_by_name["LearnerService"].full_name
 BEST_MODEL = "best_model.safetensors"
 
 
@@ -55,6 +61,9 @@ class LearnerSettings:
     advertised_replay_addresses: tuple[str, ...] = ()
     # A client (actor or evaluator) silent this long is forgotten and frees its rung.
     client_expiry_s: float = 30.0
+    # How long the start-up check waits for each shard's GetInfo; one that does not answer
+    # in time is logged and not checked (training waits for it as for any shard that is down).
+    shard_check_timeout_s: float = 30.0
 
 
 def config_yaml(config: ExperimentConfig) -> str:
@@ -79,6 +88,7 @@ class Learner:
         settings.run_dir.mkdir(parents=True, exist_ok=True)
         (settings.run_dir / "config.yaml").write_text(config_yaml(config), encoding="utf-8")
         self._checkpoint_lock = threading.Lock()
+        check_shards(list(settings.replay_addresses), config.algorithm, settings.shard_check_timeout_s)
         self.family = family_named(config.algorithm.name)
         self.core, counters = self._restore_or_create()
         self.store = ParameterStore(first_version=counters.parameter_version)
@@ -144,8 +154,17 @@ class Learner:
                 environment.actions,
             )
             return core, TrainingCounters()
-        tensors, counters, _ = restored
-        core.load_state_tensors(tensors, counters.updates)
+        matter, other = setting_differences(restored.config_yaml, config.model_dump(mode="json"))
+        problems = matter + tensor_differences(restored.tensors, core.state_tensors())
+        if problems:
+            raise mismatch(restored.path, problems)
+        for change in other:
+            logger.info("setting changed since the checkpoint: %s", change)
+        counters = restored.counters
+        try:
+            core.load_state_tensors(restored.tensors, counters.updates)
+        except (KeyError, RuntimeError) as error:  # what the checks above cannot see (extra tensors)
+            raise mismatch(restored.path, [str(error).strip().replace("\n", " ")]) from error
         logger.info(
             "resumed from checkpoint updates=%d version=%d environment_steps=%d",
             counters.updates,
@@ -154,23 +173,22 @@ class Learner:
         )
         return core, counters
 
-    def _start_server(self, addresses: list[str]) -> RunningServer:
-        servicer = LearnerServicer(
-            self.config,
-            list(self.settings.advertised_replay_addresses) or addresses,
-            self.store,
-            self.registry,
-            self.progress,
-            lambda: self.trainer.snapshot,
-            lambda: self.trainer.finished,
-            self.save_best,
-        )
-
-        def register(server: grpc.Server) -> None:
-            learner_pb2_grpc.add_LearnerServiceServicer_to_server(servicer, server)
+    def _start_server(self, addresses: list[str]) -> AsyncServer:
+        def register(server: grpc.aio.Server) -> None:
+            servicer = LearnerServicer(
+                self.config,
+                list(self.settings.advertised_replay_addresses) or addresses,
+                self.store,
+                self.registry,
+                self.progress,
+                lambda: self.trainer.snapshot,
+                lambda: self.trainer.finished,
+                self.save_best,
+            )
+            add_to_server(servicer, server)
 
         settings = self.settings
-        return start_server(
+        return AsyncServer(
             register,
             [SERVICE_NAME],
             ServerSettings(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -16,14 +17,21 @@ class ParameterStore:
     """Keeps the latest versions encoded once, so serving a pull costs no re-encoding.
 
     Versions count up from 1 and continue across learner restarts (the trainer
-    starts from the checkpointed version). The last ``keep_versions`` stay
+    starts from the checkpointed version). A learner killed after its last
+    checkpoint publishes some numbers again, so each store names its own
+    ``lineage`` (random, one per learner start): a (lineage, version) pair never
+    names two different sets of parameters. The last ``keep_versions`` stay
     available so an evaluation of an older version can still save that model.
     Each version holds the actors' parameter set and the policy's (the same message
     when the policy is all actors need).
     """
 
     def __init__(self, first_version: int = 0, keep_versions: int = 64) -> None:
-        self._condition = threading.Condition()
+        if keep_versions < 1:
+            raise ValueError(f"keep_versions must be >= 1, got {keep_versions}")
+        self.lineage = uuid.uuid4().hex
+        self._listeners: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
         self._version = first_version
         self._versions: OrderedDict[int, tensor_pb2.NamedTensors] = OrderedDict()
         self._policies: dict[int, tensor_pb2.NamedTensors] = {}
@@ -33,7 +41,7 @@ class ParameterStore:
 
     @property
     def version(self) -> int:
-        with self._condition:
+        with self._lock:
             return self._version
 
     def publish(
@@ -42,12 +50,12 @@ class ParameterStore:
         policy_parameters: Mapping[str, torch.Tensor],
         updates: int,
     ) -> int:
-        """Encodes and publishes a new version, trained by ``updates`` updates; wakes every watcher."""
+        """Encodes and publishes a new version, trained by ``updates`` updates; tells every listener."""
         message = parameter_codec.to_wire(actor_parameters)
         policy = message
         if policy_parameters.keys() != actor_parameters.keys():
             policy = parameter_codec.to_wire(policy_parameters)
-        with self._condition:
+        with self._lock:
             self._version += 1
             self._versions[self._version] = message
             self._policies[self._version] = policy
@@ -55,12 +63,24 @@ class ParameterStore:
             while len(self._versions) > self._keep:
                 dropped, _ = self._versions.popitem(last=False)
                 del self._policies[dropped], self._updates[dropped]
-            self._condition.notify_all()
-            return self._version
+            version = self._version
+        self._tell_listeners()
+        return version
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Calls ``listener()`` after each publish and on close, on the caller's thread: it must not block."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def _tell_listeners(self) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener()
 
     def latest(self, policy_only: bool = False) -> tuple[int, tensor_pb2.NamedTensors | None]:
         """The latest version and its parameters (None before the first publish)."""
-        with self._condition:
+        with self._lock:
             return self._version, self._held(self._version, policy_only)
 
     def _held(self, version: int, policy_only: bool) -> tensor_pb2.NamedTensors | None:
@@ -68,34 +88,21 @@ class ParameterStore:
 
     def get(self, version: int) -> tensor_pb2.NamedTensors | None:
         """The parameters of a recent version, or None if it was dropped or never published."""
-        with self._condition:
+        with self._lock:
             return self._versions.get(version)
 
     def updates_of(self, version: int) -> int | None:
         """The learner updates behind a recent version, or None if it was dropped or never published."""
-        with self._condition:
+        with self._lock:
             return self._updates.get(version)
-
-    def wait_newer(
-        self, known_version: int, timeout_s: float, policy_only: bool = False
-    ) -> tuple[int, tensor_pb2.NamedTensors | None]:
-        """Blocks until a version newer than ``known_version`` exists, the store closes, or the timeout."""
-        with self._condition:
-            self._condition.wait_for(
-                lambda: self._closed or (self._version > known_version and self._version in self._versions),
-                timeout=timeout_s,
-            )
-            if self._version > known_version:
-                return self._version, self._held(self._version, policy_only)
-            return self._version, None
 
     @property
     def closed(self) -> bool:
-        with self._condition:
+        with self._lock:
             return self._closed
 
     def close(self) -> None:
         """Ends every watch (the learner is draining)."""
-        with self._condition:
+        with self._lock:
             self._closed = True
-            self._condition.notify_all()
+        self._tell_listeners()

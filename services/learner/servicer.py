@@ -1,15 +1,26 @@
-"""Serves apexrl.learner.v1.LearnerService: registration, versioned parameters, status, evaluations."""
+"""Serves apexrl.learner.v1.LearnerService: registration, versioned parameters, status, evaluations.
+
+The service runs on a grpc.aio loop (:class:`services.common.serving.AsyncServer`):
+a parameter watch is a coroutine waiting for the next publish, not a thread, so
+thousands of watchers leave every other call its answer. Handlers only take
+short locks (registry, store, progress); the one that writes a file (a new best
+model) does it on a worker thread. Parameter replies are serialized once per
+version and sent as bytes to every puller and watcher.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator
-from typing import NoReturn
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NoReturn
 
 import grpc
+from google.protobuf.message import Message
 
-from apexrl.learner.v1 import learner_pb2, learner_pb2_grpc
+from apexrl.learner.v1 import learner_pb2
 from services.algorithms.experiment import ExperimentConfig, actor_settings, experiment_spec
 from services.algorithms.wire import exploration_to_wire
 from services.learner.parameter_store import ParameterStore
@@ -25,8 +36,7 @@ _ROLES = {
     learner_pb2.CLIENT_ROLE_OBSERVER: "observer",
 }
 _ROLE_VALUES = {name: value for value, name in _ROLES.items()}
-# A watch wakes this often to notice a cancelled client or a draining learner.
-_WATCH_POLL_S = 1.0
+SERVICE_NAME = learner_pb2.DESCRIPTOR.services_by_name["LearnerService"].full_name
 
 
 def _evaluation(evaluation: Evaluation | None) -> learner_pb2.Evaluation | None:
@@ -45,11 +55,17 @@ def _policy_only(parameter_set: learner_pb2.ParameterSet.ValueType) -> bool:
     return parameter_set == learner_pb2.PARAMETER_SET_POLICY
 
 
-def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
-    context.abort(code, message)
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class LearnerServicer(learner_pb2_grpc.LearnerServiceServicer):
+async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("unreachable: abort raises")
+
+
+class LearnerServicer:
+    """Constructed on the server's loop (it creates the loop's wake-up event there)."""
+
     def __init__(
         self,
         config: ExperimentConfig,
@@ -71,13 +87,39 @@ class LearnerServicer(learner_pb2_grpc.LearnerServiceServicer):
         self._snapshot = snapshot
         self._finished = finished
         self._save_best = save_best
+        # Replaced by a fresh event at each publish; a watcher awaits the one it saw.
+        self._published = asyncio.Event()
+        self._replies: dict[tuple[type[Message], bool], tuple[int, bytes]] = {}
+        loop = asyncio.get_running_loop()
 
-    def RegisterActor(
-        self, request: learner_pb2.RegisterActorRequest, context: grpc.ServicerContext
+        def on_publish() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: the server stopped
+                loop.call_soon_threadsafe(self._wake_watchers)
+
+        store.add_listener(on_publish)
+
+    def _wake_watchers(self) -> None:
+        self._published.set()
+        self._published = asyncio.Event()
+
+    def _reply(self, kind: type[Message], policy_only: bool) -> tuple[int, bytes | None]:
+        """The latest version and its serialized reply of ``kind`` (None before the first publish)."""
+        version, parameters = self._store.latest(policy_only)
+        if parameters is None:
+            return version, None
+        cached = self._replies.get((kind, policy_only))
+        if cached is None or cached[0] != version:
+            message = kind(version=version, parameters=parameters, lineage=self._store.lineage)
+            cached = version, message.SerializeToString()
+            self._replies[kind, policy_only] = cached
+        return cached
+
+    async def RegisterActor(
+        self, request: learner_pb2.RegisterActorRequest, context: Context
     ) -> learner_pb2.RegisterActorResponse:
         role = _ROLES.get(request.role)
         if role is None:
-            _abort(
+            await _abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"role must be ACTOR, EVALUATOR or OBSERVER, got {request.role}",
@@ -98,6 +140,7 @@ class LearnerServicer(learner_pb2_grpc.LearnerServiceServicer):
             spec=self._spec,
             replay_addresses=self._replay_addresses,
             parameter_version=self._store.version,
+            parameter_lineage=self._store.lineage,
             actor_settings=self._actor_settings,
             evaluation_settings=learner_pb2.EvaluationSettings(
                 episodes=general.evaluation_episodes, interval_s=general.evaluation_interval_s
@@ -108,9 +151,7 @@ class LearnerServicer(learner_pb2_grpc.LearnerServiceServicer):
     def _exploration(record: ActorRecord) -> learner_pb2.Exploration:
         return exploration_to_wire(record.exploration, record.rung)
 
-    def GetParameters(
-        self, request: learner_pb2.GetParametersRequest, context: grpc.ServicerContext
-    ) -> learner_pb2.GetParametersResponse:
+    async def GetParameters(self, request: learner_pb2.GetParametersRequest, context: Context) -> bytes:
         if request.actor_id:
             progress = request.progress
             try:
@@ -122,33 +163,36 @@ class LearnerServicer(learner_pb2_grpc.LearnerServiceServicer):
                     request.known_version,
                 )
             except UnknownActorError as error:
-                _abort(context, grpc.StatusCode.NOT_FOUND, str(error))
-        version, parameters = self._store.latest(_policy_only(request.parameter_set))
-        if parameters is None:
-            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "no parameters published yet")
-        if request.known_version == version:
-            return learner_pb2.GetParametersResponse(version=version, up_to_date=True)
-        return learner_pb2.GetParametersResponse(version=version, parameters=parameters)
+                await _abort(context, grpc.StatusCode.NOT_FOUND, str(error))
+        version, reply = self._reply(learner_pb2.GetParametersResponse, _policy_only(request.parameter_set))
+        if reply is None:
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "no parameters published yet")
+        if (request.known_lineage, request.known_version) == (self._store.lineage, version):
+            current = learner_pb2.GetParametersResponse(
+                version=version, up_to_date=True, lineage=self._store.lineage
+            )
+            return current.SerializeToString()
+        return reply
 
-    def WatchParameters(
-        self, request: learner_pb2.WatchParametersRequest, context: grpc.ServicerContext
-    ) -> Iterator[learner_pb2.WatchParametersResponse]:
+    async def WatchParameters(
+        self, request: learner_pb2.WatchParametersRequest, context: Context
+    ) -> AsyncIterator[bytes]:
         policy_only = _policy_only(request.parameter_set)
-        known = request.known_version
-        version, parameters = self._store.latest(policy_only)
-        if parameters is not None and version != known:
-            # Another lineage's version (a learner that crashed after its last checkpoint) is
-            # not "newer" by number, but the caller must get the current parameters at once.
-            known = version
-            yield learner_pb2.WatchParametersResponse(version=version, parameters=parameters)
-        while context.is_active() and not self._store.closed:
-            version, parameters = self._store.wait_newer(known, _WATCH_POLL_S, policy_only)
-            if parameters is not None and version > known:
-                known = version
-                yield learner_pb2.WatchParametersResponse(version=version, parameters=parameters)
+        # What the caller holds: a version of another lineage (a learner that crashed after
+        # its last checkpoint) is not the current one whatever its number.
+        held = (request.known_lineage, request.known_version)
+        while not self._store.closed:
+            published = self._published  # taken before reading, so no publish slips between
+            version, reply = self._reply(learner_pb2.WatchParametersResponse, policy_only)
+            if reply is not None and (self._store.lineage, version) != held:
+                held = (self._store.lineage, version)
+                yield reply
+                continue
+            # A cancelled call cancels this wait; a draining learner closes the store.
+            await published.wait()
 
-    def GetStatus(
-        self, request: learner_pb2.GetStatusRequest, context: grpc.ServicerContext
+    async def GetStatus(
+        self, request: learner_pb2.GetStatusRequest, context: Context
     ) -> learner_pb2.GetStatusResponse:
         snapshot = self._snapshot()
         actors = [
@@ -172,6 +216,7 @@ class LearnerServicer(learner_pb2_grpc.LearnerServiceServicer):
             environment_steps=snapshot.environment_steps,
             environment_steps_per_second=snapshot.environment_steps_per_second,
             parameter_version=self._store.version,
+            parameter_lineage=self._store.lineage,
             replay_size=snapshot.replay_size,
             replay_capacity=snapshot.replay_capacity,
             replay_shards_up=snapshot.shards_up,
@@ -182,18 +227,25 @@ class LearnerServicer(learner_pb2_grpc.LearnerServiceServicer):
             finished=self._finished(),
         )
 
-    def ReportEvaluation(
-        self, request: learner_pb2.ReportEvaluationRequest, context: grpc.ServicerContext
+    async def ReportEvaluation(
+        self, request: learner_pb2.ReportEvaluationRequest, context: Context
     ) -> learner_pb2.ReportEvaluationResponse:
         returns = list(request.episode_returns)
         if not returns:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "episode_returns is empty")
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "episode_returns is empty")
         if not all(math.isfinite(value) for value in returns):
-            _abort(
+            await _abort(
                 context, grpc.StatusCode.INVALID_ARGUMENT, f"episode_returns must be finite, got {returns}"
             )
+        if request.parameter_lineage not in ("", self._store.lineage):
+            await _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"parameter_version {request.parameter_version} is of lineage {request.parameter_lineage}, "
+                f"not this learner's {self._store.lineage} (it restarted): its parameters are gone",
+            )
         if not 0 < request.parameter_version <= self._store.version:
-            _abort(
+            await _abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"parameter_version {request.parameter_version} was never published "
@@ -214,5 +266,36 @@ class LearnerServicer(learner_pb2_grpc.LearnerServiceServicer):
             new_best,
         )
         if new_best:
-            self._save_best(request.parameter_version)
+            await asyncio.to_thread(self._save_best, request.parameter_version)
         return learner_pb2.ReportEvaluationResponse(new_best=new_best, finished=self._finished())
+
+
+def _handler(
+    method: Callable[..., Any], request: type[Message], serialized: bool, stream: bool = False
+) -> Any:
+    serializer = _already_serialized if serialized else lambda reply: reply.SerializeToString()
+    make = grpc.unary_stream_rpc_method_handler if stream else grpc.unary_unary_rpc_method_handler
+    return make(method, request_deserializer=request.FromString, response_serializer=serializer)
+
+
+def _already_serialized(reply: bytes) -> bytes:
+    return reply
+
+
+def add_to_server(servicer: LearnerServicer, server: grpc.aio.Server) -> None:
+    """Registers the servicer like the generated function, but parameter replies go out as the
+    bytes serialized once per version."""
+    messages = learner_pb2
+    handlers = {
+        "RegisterActor": _handler(servicer.RegisterActor, messages.RegisterActorRequest, False),
+        "GetParameters": _handler(servicer.GetParameters, messages.GetParametersRequest, True),
+        "WatchParameters": _handler(
+            servicer.WatchParameters, messages.WatchParametersRequest, True, stream=True
+        ),
+        "GetStatus": _handler(servicer.GetStatus, messages.GetStatusRequest, False),
+        "ReportEvaluation": _handler(servicer.ReportEvaluation, messages.ReportEvaluationRequest, False),
+    }
+    service = messages.DESCRIPTOR.services_by_name["LearnerService"]
+    # Every RPC of the contract must be served here; a new one in the proto fails loudly.
+    assert set(handlers) == {method.name for method in service.methods}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from services.common.encoded import Codec, Column, EncodedItems
+from services.common.encoded import Codec, Column, EncodedItems, InvalidInputError
 from services.replay.byte_ring import ByteRing
 
 
@@ -58,20 +58,20 @@ class StoredRows:
 
 
 def batch_length(columns: Columns) -> int:
-    """The common leading length of a batch's columns; ValueError naming the column otherwise."""
+    """The common leading length of a batch's columns; InvalidInputError naming the column otherwise."""
     if not columns:
-        raise ValueError("batch has no columns")
+        raise InvalidInputError("batch has no columns")
     lengths: dict[str, int] = {}
     for name, column in columns.items():
         if not isinstance(column, EncodedItems) and column.ndim == 0:
-            raise ValueError(f"column {name!r} is a scalar; columns need a leading batch dimension")
+            raise InvalidInputError(f"column {name!r} is a scalar; columns need a leading batch dimension")
         lengths[name] = len(column)
     if len(set(lengths.values())) > 1:
         listed = ", ".join(f"{name!r}: {length}" for name, length in sorted(lengths.items()))
-        raise ValueError(f"ragged batch: columns have different lengths ({listed})")
+        raise InvalidInputError(f"ragged batch: columns have different lengths ({listed})")
     first_length = next(iter(lengths.values()))
     if first_length == 0:
-        raise ValueError("batch is empty: columns have 0 items")
+        raise InvalidInputError("batch is empty: columns have 0 items")
     return first_length
 
 
@@ -115,19 +115,19 @@ class ColumnStore:
         return dense + sum(ring.allocated_bytes for ring in self._rings.values())
 
     def check(self, columns: Columns) -> None:
-        """Raises ValueError naming the first column that does not match the stored signature."""
+        """Raises InvalidInputError naming the first column that does not match the stored signature."""
         if not self._signature:
             return
         missing = sorted(set(self._signature) - set(columns))
         extra = sorted(set(columns) - set(self._signature))
         if missing:
-            raise ValueError(f"batch lacks column(s) {missing} of the table signature")
+            raise InvalidInputError(f"batch lacks column(s) {missing} of the table signature")
         if extra:
-            raise ValueError(f"batch has column(s) {extra} not in the table signature")
+            raise InvalidInputError(f"batch has column(s) {extra} not in the table signature")
         for name, stored in self._signature.items():
             got = spec_of(columns[name])
             if got != stored:
-                raise ValueError(
+                raise InvalidInputError(
                     f"column {name!r} is {got.describe()} but the table signature has {stored.describe()}"
                 )
 

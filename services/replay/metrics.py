@@ -43,7 +43,7 @@ class _TableCollector(Collector):
                 info.total_priority_mass,
             ),
             "apexrl_replay_incarnation": (
-                "Starts of this shard's table across restarts.",
+                "This start's first key: the wall clock at the start, ns since the Unix epoch.",
                 info.incarnation,
             ),
         }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.common.encoded import InvalidInputError
+
 
 class RateLimitedError(Exception):
     """The limiter did not admit a call within the time the caller allowed."""
@@ -68,7 +70,7 @@ class RateLimiter:
         """Rejects an insert that could never fit in the tolerance band, whatever the samplers do."""
         spi = self._settings.samples_per_insert
         if spi > 0 and count * spi > self._max_cursor - self._min_cursor:
-            raise ValueError(
+            raise InvalidInputError(
                 f"an insert of {count} items moves the samples-per-insert cursor by {count * spi:g}, "
                 f"more than the tolerance band allows ({2 * self._settings.tolerance:g}); "
                 "send smaller batches or raise the tolerance"
@@ -78,7 +80,7 @@ class RateLimiter:
         """Rejects a sample that could never fit in the tolerance band, whatever the inserters do."""
         spi = self._settings.samples_per_insert
         if spi > 0 and count > self._max_cursor - self._min_cursor:
-            raise ValueError(
+            raise InvalidInputError(
                 f"a sample of {count} items is wider than the samples-per-insert tolerance band "
                 f"({2 * self._settings.tolerance:g}); sample smaller batches or raise the tolerance"
             )

@@ -6,12 +6,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
 from apexrl.replay.v1 import replay_pb2, replay_pb2_grpc
 from services.common import tensor_codec
+from services.common.encoded import InvalidInputError
 from services.replay.columns import batch_length
 from services.replay.metrics import ReplayMetrics
 from services.replay.rate_limiter import NotEnoughDataError, RateLimitedError
@@ -49,16 +50,23 @@ class SnapshotResult:
     seconds: float
 
 
-# Domain exceptions -> status codes: the one table of this servicer.
+# Domain exceptions -> status codes: the one table of this servicer. Only InvalidInputError,
+# raised where a request is checked, blames the caller; any other exception (a ValueError or
+# TypeError included) is a bug of the shard: INTERNAL, logged with its traceback.
 _STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotEnoughDataError, grpc.StatusCode.FAILED_PRECONDITION),
     (SnapshotUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),
     (RateLimitedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (MessageTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
-    (TypeError, grpc.StatusCode.INVALID_ARGUMENT),
-    (OSError, grpc.StatusCode.INTERNAL),
 )
+
+
+def _status_of(error: Exception) -> grpc.StatusCode:
+    for error_type, code in _STATUS_BY_ERROR:
+        if isinstance(error, error_type):
+            return code
+    return grpc.StatusCode.INTERNAL
 
 
 def _allowed_wait_s(requested_s: float, context: grpc.ServicerContext) -> float:
@@ -82,25 +90,20 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
         self._save_snapshot = save_snapshot
 
     def _serve(self, method: str, context: grpc.ServicerContext, handler: Callable[[], T]) -> T:
-        """Runs ``handler``, records its latency and maps domain errors to status codes."""
+        """Runs ``handler``, records its latency and maps its errors to status codes."""
         started = time.perf_counter()
         try:
             return handler()
         except Exception as error:
-            for error_type, code in _STATUS_BY_ERROR:
-                if isinstance(error, error_type):
-                    self._abort(method, context, code, str(error))
-            raise
+            code = _status_of(error)
+            self._metrics.request_errors.labels(method, code.name).inc()
+            message = str(error)
+            if code == grpc.StatusCode.INTERNAL:
+                logger.exception("rpc failed method=%s code=%s", method, code.name)
+                message = f"internal error of the replay shard: {type(error).__name__}: {error}"
+            context.abort(code, message)
         finally:
             self._metrics.request_seconds.labels(method).observe(time.perf_counter() - started)
-
-    def _abort(
-        self, method: str, context: grpc.ServicerContext, code: grpc.StatusCode, message: str
-    ) -> NoReturn:
-        self._metrics.request_errors.labels(method, code.name).inc()
-        if code == grpc.StatusCode.INTERNAL:
-            logger.error("rpc failed method=%s code=%s error=%s", method, code.name, message)
-        context.abort(code, message)
 
     def InsertTransitions(
         self, request: replay_pb2.InsertTransitionsRequest, context: grpc.ServicerContext
@@ -110,7 +113,7 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
             count = batch_length(columns)
             priorities = tensor_codec.decode(request.priorities, "priorities")
             if count > MAX_INSERT_ITEMS:
-                raise ValueError(f"insert of {count} items exceeds the maximum of {MAX_INSERT_ITEMS}")
+                raise InvalidInputError(f"insert of {count} items exceeds the maximum of {MAX_INSERT_ITEMS}")
             keys = self._table.insert(columns, priorities, _allowed_wait_s(request.max_wait_s, context))
             reply = replay_pb2.InsertTransitionsResponse(size=self._table.size)
             tensor_codec.encode_into(reply.keys, keys)
@@ -124,7 +127,7 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
         def sample() -> bytes:
             batch_size = request.batch_size
             if not 1 <= batch_size <= MAX_SAMPLE_BATCH:
-                raise ValueError(f"batch_size must be in 1..{MAX_SAMPLE_BATCH}, got {batch_size}")
+                raise InvalidInputError(f"batch_size must be in 1..{MAX_SAMPLE_BATCH}, got {batch_size}")
             item_bytes = self._table.item_bytes
             reply_bytes = batch_size * (item_bytes + _REPLY_PER_ITEM_BYTES) + _REPLY_OVERHEAD_BYTES
             if reply_bytes > self._max_message_bytes:

@@ -30,6 +30,8 @@ from services.replay.table import PrioritizedTable, RowChunk, TableCounters, Tab
 
 FORMAT = "apexrl.replay.snapshot/2"
 _MANIFEST = "manifest.json"
+# Snapshots without ``next_key`` in their counters hold keys of this layout (see load_snapshot).
+_LEGACY_SEQUENCE_BITS = 40
 # About 10 ms of copying under the lock per chunk.
 DEFAULT_CHUNK_BYTES = 16 << 20
 
@@ -115,7 +117,11 @@ def load_snapshot(path: Path) -> TableState:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise ValueError(f"{path} is not an apexrl replay snapshot (format {found!r})")
     try:
-        counters = TableCounters(**manifest["counters"])
+        fields = dict(manifest["counters"])
+        if "next_key" not in fields:
+            # Written before keys were clock-based: they were (incarnation << 40) | sequence.
+            fields["next_key"] = (int(fields["incarnation"]) + 1) << _LEGACY_SEQUENCE_BITS
+        counters = TableCounters(**fields)
         rows, chunk_count = int(manifest["rows"]), int(manifest["chunks"])
         columns = [
             (str(c["name"]), ColumnSpec(np.dtype(c["dtype"]), tuple(int(d) for d in c["shape"]), c["codec"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -10,7 +11,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from services.common.encoded import Column, EncodedItems, check_encoded, join_rows
+from services.common.encoded import Column, EncodedItems, InvalidInputError, check_encoded, join_rows
 from services.replay.columns import Columns, ColumnSpec, ColumnStore, StoredRows, batch_length
 from services.replay.rate_limiter import (
     NotEnoughDataError,
@@ -20,13 +21,21 @@ from services.replay.rate_limiter import (
 )
 from services.replay.sum_tree import SumTree
 
-# A key is (incarnation << SEQUENCE_BITS) | sequence number of the item within its
-# incarnation. The sequence number gives the slot (sequence % capacity) and tells
-# whether the item is still live; the incarnation makes keys from before a restart
-# stale. A restored table numbers the items it restores from 0 again.
-SEQUENCE_BITS = 40
-_SEQUENCE_MASK = (1 << SEQUENCE_BITS) - 1
-MAX_INCARNATION = (1 << (63 - SEQUENCE_BITS)) - 1
+# A key is incarnation + the item's sequence number within its incarnation (one start of the
+# table). The sequence number gives the slot (sequence % capacity) and tells whether the item is
+# still live. The incarnation is the wall clock at the start, in nanoseconds since the Unix
+# epoch, or the restored snapshot's next key where that is later. A start numbers far fewer
+# than one item a nanosecond (an insert of 65,536 items takes well over 65 us, and so does
+# restoring 65,536 rows), so every key it issues is below the clock, hence below the incarnation
+# of every later start: with or without a snapshot, however often one file is restored, kill -9
+# included, and with no coordination, keys never repeat, and every key of an earlier start is
+# below the oldest live key, so stale. The one assumption is a wall clock that does not step
+# back across a restart (a restore still starts above every key its snapshot had issued). Keys
+# are non-negative int64 until the clock nears 2**63 ns, in 2262.
+MAX_CAPACITY = (1 << 40) - 1
+_KEY_LIMIT = (1 << 63) - 1
+# At most this, an incarnation leaves its start 2**48 keys (2.8e14) below the int64 limit.
+MAX_INCARNATION = _KEY_LIMIT - (1 << 48)
 
 T = TypeVar("T")
 C = TypeVar("C", Column, Column | StoredRows)
@@ -76,6 +85,8 @@ class TableCounters:
     incarnation: int
     samples: int
     priority_updates: int
+    # Above every key issued until then: a restored table's incarnation is at least this.
+    next_key: int
 
 
 @dataclass(frozen=True)
@@ -116,16 +127,16 @@ class TableState:
 
 
 def check_priorities(priorities: NDArray[np.generic], count: int) -> NDArray[np.float64]:
-    """float64 priorities of shape [count]; ValueError naming the first bad value otherwise."""
+    """float64 priorities of shape [count]; InvalidInputError naming the first bad value otherwise."""
     if priorities.shape != (count,):
-        raise ValueError(f"priorities have shape {list(priorities.shape)}, expected [{count}]")
+        raise InvalidInputError(f"priorities have shape {list(priorities.shape)}, expected [{count}]")
     if priorities.dtype.kind != "f":
-        raise ValueError(f"priorities must be float32 or float64, got {priorities.dtype.name}")
+        raise InvalidInputError(f"priorities must be float32 or float64, got {priorities.dtype.name}")
     values = priorities.astype(np.float64, copy=False)
     bad = ~np.isfinite(values) | (values < 0)
     if bad.any():
         index = int(np.flatnonzero(bad)[0])
-        raise ValueError(
+        raise InvalidInputError(
             f"priorities must be finite and >= 0: priority[{index}] = {float(values[index])!r} "
             f"({int(bad.sum())} bad of {count})"
         )
@@ -133,7 +144,11 @@ def check_priorities(priorities: NDArray[np.generic], count: int) -> NDArray[np.
 
 
 class PrioritizedTable:
-    """Thread-safe prioritized replay; all state changes happen under one condition variable."""
+    """Thread-safe prioritized replay; all state changes happen under one condition variable.
+
+    ``clock_ns`` (wall-clock nanoseconds since the Unix epoch) dates the incarnation; tests
+    pass their own.
+    """
 
     def __init__(
         self,
@@ -142,9 +157,10 @@ class PrioritizedTable:
         limiter: RateLimiterSettings,
         seed: int | None = None,
         state: TableState | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
-        if capacity < 1 or capacity > _SEQUENCE_MASK:
-            raise ValueError(f"capacity must be in 1..{_SEQUENCE_MASK}, got {capacity}")
+        if capacity < 1 or capacity > MAX_CAPACITY:
+            raise ValueError(f"capacity must be in 1..{MAX_CAPACITY}, got {capacity}")
         if not 0.0 <= priority_exponent <= 10.0:
             raise ValueError(f"priority_exponent must be in [0, 10], got {priority_exponent}")
         self._capacity = capacity
@@ -155,11 +171,14 @@ class PrioritizedTable:
         self._condition = threading.Condition()
         self._next_sequence = 0  # items inserted in this incarnation
         self._inserts = 0  # items inserted since the table was created
-        self._incarnation = 1
+        self._incarnation = 0  # the first key of this start, set below
         self._samples = 0
         self._priority_updates = 0
         self._waits = 0
         self._item_bytes = 0
+        if state is not None:
+            self._check_restorable(state)
+        self._incarnation = self._new_incarnation(clock_ns(), state)
         if state is not None:
             self._restore(state)
         self._limiter = RateLimiter(limiter, inserts=self._inserts, samples=self._samples)
@@ -197,7 +216,7 @@ class PrioritizedTable:
         """Appends a batch, evicting the oldest items when full; returns the new keys."""
         count = batch_length(columns)
         if count > self._capacity:
-            raise ValueError(f"batch of {count} items exceeds the table capacity {self._capacity}")
+            raise InvalidInputError(f"batch of {count} items exceeds the table capacity {self._capacity}")
         values = check_priorities(priorities, count)
         masses = values if self._alpha == 1.0 else np.power(values, self._alpha)
         self._limiter.check_insert_size(count)
@@ -205,18 +224,19 @@ class PrioritizedTable:
             if isinstance(column, EncodedItems):  # decompressing every item is the check: outside the lock
                 try:
                     check_encoded(column)
-                except ValueError as error:
-                    raise ValueError(f"column {name!r}: {error}") from None
+                except InvalidInputError as error:
+                    raise InvalidInputError(f"column {name!r}: {error}") from None
         with self._condition:
             self._store.check(columns)
             self._wait(lambda: self._limiter.can_insert(count, self._size()), max_wait_s, "insert")
             first_sequence = self._next_sequence
+            if self._incarnation + first_sequence + count > _KEY_LIMIT:
+                raise OverflowError(f"int64 keys used up: incarnation {self._incarnation} + {first_sequence}")
             self._write(first_sequence, columns, masses)
             self._inserts += count
             self._limiter.record_insert(count)
             self._condition.notify_all()
-            sequences = np.arange(first_sequence, first_sequence + count, dtype=np.int64)
-            return (self._incarnation << SEQUENCE_BITS) | sequences
+            return np.arange(first_sequence, first_sequence + count, dtype=np.int64) + self._incarnation
 
     def _write(self, first_sequence: int, columns: Columns, masses: NDArray[np.float64]) -> None:
         if not self._store.allocated:
@@ -251,7 +271,7 @@ class PrioritizedTable:
         finish: Callable[[SampledItems[C]], T],
     ) -> T:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
         self._limiter.check_sample_size(batch_size)
         with self._condition:
             size = self._size()
@@ -266,7 +286,7 @@ class PrioritizedTable:
             masses = self._tree.get(slots)
             last = self._next_sequence - 1
             sequences = last - (last - slots) % self._capacity
-            keys = (self._incarnation << SEQUENCE_BITS) | sequences
+            keys = sequences + self._incarnation
             result = finish(SampledItems(keys, masses, gather(slots), total, self._size()))
             self._samples += batch_size
             self._limiter.record_sample(batch_size)
@@ -274,22 +294,24 @@ class PrioritizedTable:
             return result
 
     def update_priorities(self, keys: NDArray[Any], priorities: NDArray[np.generic]) -> PriorityUpdateResult:
-        """Applies priorities to live items; stale keys are skipped, unknown keys rejected."""
+        """Applies priorities to live items; stale keys are skipped, unknown keys rejected.
+
+        A key is stale when its item was evicted or issued by an earlier incarnation (every
+        such key is below the oldest live item's key), unknown when negative or not issued yet.
+        """
         if keys.dtype != np.int64 or keys.ndim != 1:
-            raise ValueError(f"keys must be int64 [M], got {keys.dtype.name}{list(keys.shape)}")
+            raise InvalidInputError(f"keys must be int64 [M], got {keys.dtype.name}{list(keys.shape)}")
         keys = keys.astype(np.int64, copy=False)
         values = check_priorities(priorities, keys.shape[0])
         masses = values if self._alpha == 1.0 else np.power(values, self._alpha)
-        incarnations = keys >> SEQUENCE_BITS
-        sequences = keys & _SEQUENCE_MASK
         with self._condition:
-            unknown = (keys < 0) | (incarnations > self._incarnation)
-            unknown |= (incarnations == self._incarnation) & (sequences >= self._next_sequence)
+            end = self._incarnation + self._next_sequence
+            unknown = (keys < 0) | (keys >= end)
             if unknown.any():
                 index = int(np.flatnonzero(unknown)[0])
-                raise ValueError(f"key[{index}] = {int(keys[index])} was never issued by this shard")
-            live = (incarnations == self._incarnation) & (sequences >= self._next_sequence - self._size())
-            self._tree.set(sequences[live] % self._capacity, masses[live])
+                raise InvalidInputError(f"key[{index}] = {int(keys[index])} was never issued by this shard")
+            live = keys >= end - self._size()
+            self._tree.set((keys[live] - self._incarnation) % self._capacity, masses[live])
             updated = int(live.sum())
             self._priority_updates += updated
             return PriorityUpdateResult(updated=updated, stale=int(keys.shape[0]) - updated)
@@ -322,6 +344,7 @@ class PrioritizedTable:
                 incarnation=self._incarnation,
                 samples=self._samples,
                 priority_updates=self._priority_updates,
+                next_key=self._incarnation + self._next_sequence,
             )
             return counters, self._next_sequence - self._size(), self._next_sequence
 
@@ -347,15 +370,28 @@ class PrioritizedTable:
             raise ValueError(
                 f"snapshot was taken with capacity {counters.capacity}, this shard has {self._capacity}"
             )
-        if counters.incarnation >= MAX_INCARNATION:
-            raise ValueError(f"snapshot incarnation {counters.incarnation} is at its limit")
+        if not 0 <= counters.incarnation <= counters.next_key <= MAX_INCARNATION:
+            raise ValueError(
+                f"snapshot has incarnation {counters.incarnation} and next key {counters.next_key}; "
+                f"expected 0 <= incarnation <= next key <= {MAX_INCARNATION}"
+            )
         if not 0 <= state.rows <= self._capacity:
             raise ValueError(f"snapshot holds {state.rows} rows, more than its capacity {self._capacity}")
         if counters.priority_exponent != self._alpha and counters.priority_exponent == 0.0:
             raise ValueError("snapshot used priority_exponent 0; its priorities cannot be re-weighted")
 
+    @staticmethod
+    def _new_incarnation(now_ns: int, state: TableState | None) -> int:
+        """The clock, or above every key of the restored snapshot where the clock is behind it."""
+        incarnation = now_ns
+        if state is not None:
+            counters = state.counters
+            incarnation = max(incarnation, counters.next_key, counters.incarnation + 1)
+        if not 0 <= incarnation <= MAX_INCARNATION:
+            raise ValueError(f"incarnation {incarnation} is outside 0..{MAX_INCARNATION}: is the clock set?")
+        return incarnation
+
     def _restore(self, state: TableState) -> None:
-        self._check_restorable(state)
         counters = state.counters
         exponent = counters.priority_exponent
         # The restored items are numbered 0 .. rows - 1 in the new incarnation, oldest first.
@@ -374,7 +410,5 @@ class PrioritizedTable:
         if self._next_sequence != state.rows:
             raise ValueError(f"snapshot declares {state.rows} rows but holds {self._next_sequence}")
         self._inserts = counters.inserts
-        # A new incarnation: keys handed out before the restart are stale from now on.
-        self._incarnation = counters.incarnation + 1
         self._samples = counters.samples
         self._priority_updates = counters.priority_updates

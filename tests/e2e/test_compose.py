@@ -262,6 +262,7 @@ def test_training_goes_on_without_a_shard_and_the_shard_rejoins_with_its_snapsho
 ) -> None:
     stack = deployment.stack
     [shard] = stack.containers("replay-1")
+    before = stack.metrics("APEXRL_REPLAY_1_METRICS_PORT")
     with deployment.clock.stage("stop replay-1"):
         stack.compose("stop", "replay-1")
     state = stack.inspect(shard)["State"]
@@ -282,7 +283,7 @@ def test_training_goes_on_without_a_shard_and_the_shard_rejoins_with_its_snapsho
     loaded = _SNAPSHOT_LOADED.findall(stack.logs(shard))
     assert [int(items) for items in loaded] == [snapshot_items]
     metrics = stack.metrics("APEXRL_REPLAY_1_METRICS_PORT")
-    assert metrics["apexrl_replay_incarnation"] == 2
+    assert metrics["apexrl_replay_incarnation"] > before["apexrl_replay_incarnation"]
     assert metrics["apexrl_replay_size"] >= snapshot_items
     deployment.report["shard_snapshot_items"] = snapshot_items
 

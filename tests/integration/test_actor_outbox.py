@@ -1,7 +1,9 @@
-"""The actor's outbox against real shards: batches spread over shards, and nothing lost while none accepts."""
+"""The actor's outbox against real shards: batches spread over shards, nothing lost while none accepts,
+and a batch a shard refuses for good dropped and counted without holding back the ones after it."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +13,7 @@ import pytest
 import torch
 from numpy.typing import NDArray
 
+from services.actor import actor
 from services.actor.actor import Outbox
 from services.actor.metrics import ActorMetrics
 from services.algorithms.apex_dqn.acting import DqnPolicy
@@ -151,4 +154,163 @@ def test_a_backlog_kept_through_an_outage_drains_in_batches_of_the_usual_size(
     outbox.flush(network)
     assert stored_actions(restarted) == list(range(112))
     assert replay.insert_sizes[1:] == [16] * 7
+    replay.close()
+
+
+def malformed(first: int, count: int) -> dict[str, NDArray[np.generic]]:
+    """``transitions`` whose reward is float64: a shard whose signature says float32 refuses them."""
+    columns = transitions(first, count)
+    columns["reward"] = columns["reward"].astype(np.float64)
+    return columns
+
+
+def refused(metrics: ActorMetrics, shard: str, code: str = "INVALID_ARGUMENT") -> float | None:
+    return metrics.registry.get_sample_value(
+        "apexrl_actor_batches_refused_total", {"shard": shard, "code": code}
+    )
+
+
+def dropped(metrics: ActorMetrics, reason: str) -> float | None:
+    return metrics.registry.get_sample_value("apexrl_actor_transitions_dropped_total", {"reason": reason})
+
+
+def refusals_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == actor.__name__ and record.levelno == logging.ERROR
+    ]
+
+
+def test_a_batch_a_shard_refuses_for_good_is_dropped_and_counted_and_the_backlog_drains(
+    start_shard: ShardFactory,
+    network: DqnPolicy,
+    sender: ThreadPoolExecutor,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shard = start_shard(capacity=1000)
+    replay = ShardedReplayClient([shard.address], seed=0)
+    metrics = ActorMetrics()
+    outbox = Outbox(replay, batch_size=16, metrics=metrics, sender=sender)
+    # The first batch fixes the table's signature (reward float32); the second breaks it.
+    for columns in (transitions(0, 16), malformed(16, 16), transitions(32, 16), transitions(48, 16)):
+        outbox.add(columns)
+    outbox.flush(network)
+    assert stored_actions(shard) == list(range(16)) + list(range(32, 64))
+    assert sent(metrics) == 48
+    assert refused(metrics, "0") == 1
+    assert dropped(metrics, "refused") == 16
+    assert dropped(metrics, "outbox_full") == 0
+    (logged,) = refusals_logged(caplog)  # once for the batch, with the shard and the server's message
+    assert "shard=0" in logged
+    assert shard.address in logged
+    assert "code=INVALID_ARGUMENT" in logged
+    assert "'reward' is float64[] but the table signature has float32[]" in logged
+    replay.close()
+
+
+def test_after_a_batch_refused_for_good_the_next_one_leaves_at_once(
+    start_shard: ShardFactory, network: DqnPolicy, sender: ThreadPoolExecutor
+) -> None:
+    shard = start_shard(capacity=1000)
+    replay = ShardedReplayClient([shard.address], seed=0)
+    metrics = ActorMetrics()
+    outbox = Outbox(replay, batch_size=16, metrics=metrics, sender=sender)
+    # As the actor's loop does it: each full batch leaves as soon as the outbox is ready,
+    # once the one before it is settled.
+    for columns in (transitions(0, 16), malformed(16, 16), transitions(32, 16)):
+        outbox.add(columns)
+        assert outbox.ready()
+        outbox.send(network)
+    # Settling the refused batch did not put the outbox on a retry delay.
+    outbox.add(transitions(48, 16))
+    assert outbox.ready()
+    outbox.send(network)
+    outbox.flush(network)
+    assert stored_actions(shard) == list(range(16)) + list(range(32, 64))
+    assert sent(metrics) == 48
+    assert refused(metrics, "0") == 1
+    assert dropped(metrics, "refused") == 16
+    replay.close()
+
+
+def test_refusals_are_counted_by_the_shard_that_refused(
+    start_shard: ShardFactory,
+    network: DqnPolicy,
+    sender: ThreadPoolExecutor,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    healthy, other = start_shard(capacity=1000), start_shard(capacity=1000)
+    # The second shard's table already holds observations of another size: it refuses ours.
+    seeding = ShardedReplayClient([other.address], seed=0)
+    seeding.insert(transitions(1000, 4, observation_size=8), np.ones(4))
+    seeding.close()
+    replay = ShardedReplayClient([healthy.address, other.address], seed=0)
+    metrics = ActorMetrics()
+    outbox = Outbox(replay, batch_size=16, metrics=metrics, sender=sender)
+    for first in range(0, 96, 16):
+        outbox.add(transitions(first, 16))
+    outbox.flush(network)  # round robin: batches 0, 2 and 4 to the first shard, 1, 3 and 5 to the second
+    assert stored_actions(healthy) == list(range(16)) + list(range(32, 48)) + list(range(64, 80))
+    assert stored_actions(other) == list(range(1000, 1004))
+    assert sent(metrics) == 48
+    assert refused(metrics, "1") == 3
+    assert refused(metrics, "0") is None
+    assert dropped(metrics, "refused") == 48
+    logged = refusals_logged(caplog)
+    assert len(logged) == 3
+    assert all("shard=1" in message and other.address in message for message in logged)
+    assert all("table signature" in message for message in logged)
+    replay.close()
+
+
+def test_a_batch_the_rate_limiter_holds_back_is_kept_and_arrives_once_sampling_catches_up(
+    start_shard: ShardFactory,
+    network: DqnPolicy,
+    sender: ThreadPoolExecutor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Inserts fail at once with RESOURCE_EXHAUSTED instead of waiting on the limiter.
+    monkeypatch.setattr(actor, "_INSERT_WAIT_S", 0.0)
+    # One sample per inserted item within +-16 of 16: two batches of 16 fit before any sampling.
+    shard = start_shard(
+        capacity=1000, min_size_to_sample=16, samples_per_insert=1.0, samples_per_insert_tolerance=16.0
+    )
+    replay = ShardedReplayClient([shard.address], seed=0)
+    metrics = ActorMetrics()
+    outbox = Outbox(replay, batch_size=16, metrics=metrics, sender=sender)
+    for first in range(0, 48, 16):
+        outbox.add(transitions(first, 16))
+    outbox.flush(network)  # the third batch is held back: kept, not dropped
+    assert stored_actions(shard) == list(range(32))
+    assert sent(metrics) == 32
+    assert refused(metrics, "0", "RESOURCE_EXHAUSTED") is None
+    assert dropped(metrics, "refused") == 0
+
+    learner = ShardedReplayClient([shard.address], seed=1)
+    learner.sample(16, importance_exponent=0.4)  # makes room for one more batch
+    learner.close()
+    wait_until_ready(outbox)
+    outbox.flush(network)
+    assert stored_actions(shard) == list(range(48))
+    assert sent(metrics) == 48
+    replay.close()
+
+
+def test_the_oldest_transitions_beyond_the_bound_are_counted_as_dropped(
+    network: DqnPolicy, sender: ThreadPoolExecutor
+) -> None:
+    (port,) = pick_free_ports(1)  # nothing listens there: every insert finds the shard down
+    replay = ShardedReplayClient(
+        [f"127.0.0.1:{port}"], seed=0, timeout_s=2.0, min_backoff_s=0.05, max_backoff_s=0.1
+    )
+    metrics = ActorMetrics()
+    outbox = Outbox(replay, batch_size=1, metrics=metrics, sender=sender)
+    bound = actor._MAX_OUTBOX_BATCHES  # transitions, with batches of one
+    for first in range(bound + 6):
+        outbox.add(transitions(first, 1))
+    outbox.flush(network)
+    assert dropped(metrics, "outbox_full") == 6
+    assert dropped(metrics, "refused") == 0
+    assert sent(metrics) == 0
     replay.close()

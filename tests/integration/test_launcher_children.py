@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from services.launcher.children import Child, RunFailedError
 from services.launcher.ports import pick_free_ports
 
 REPLAY = "apexrl.replay.v1.ReplayService"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def shard_args(port: int) -> list[str]:
@@ -67,7 +70,14 @@ def test_a_child_that_keeps_dying_fails_the_run_naming_it_and_its_log(tmp_path: 
     child = Child("actor-0", lambda _port: ["replay", "--capacity", "0"], log, serves=False, max_restarts=2)
     child.start()
     error = check_until_failed(child, timeout_s=120)
-    assert str(error) == f"actor-0 exited with code 2 after 2 restarts; see {log}"
+    headline = f"actor-0 exited with code 2 after 2 restarts; see {log}"
+    # The part's own words follow, from its last run's output only.
+    reason = (
+        "apexrl replay: invalid configuration (apexrl replay flags):",
+        "  capacity: Input should be greater than or equal to 1, got 0",
+    )
+    assert error.reason == reason
+    assert str(error) == "\n".join([headline, *(f"  {line}" for line in reason)])
     assert child.restarts == 2
     # The first run and both restarts wrote to the log the message names.
     assert log.read_text(encoding="utf-8").count("capacity: Input should be greater than or equal to 1") == 3
@@ -79,8 +89,64 @@ def test_a_serving_child_that_cannot_start_fails_naming_it_and_its_log(tmp_path:
     child = Child("replay-1", lambda port: [*shard_args(port), "--priority-exponent", "-1"], log, serves=True)
     with pytest.raises(RunFailedError) as failed:
         child.start()
-    assert str(failed.value) == (
+    assert str(failed.value).splitlines()[0] == (
         f"replay-1 failed to start: `apexrl replay` did not start serving (exit code 2); see {log}"
     )
-    assert "priority_exponent" in log.read_text(encoding="utf-8")
+    assert failed.value.reason == (
+        "apexrl replay: invalid configuration (apexrl replay flags):",
+        "  priority_exponent: Input should be greater than or equal to 0, got -1.0",
+    )
+    assert str(failed.value).splitlines()[1:] == [f"  {line}" for line in failed.value.reason]
     child.stop()
+
+
+def test_a_restarted_child_s_reason_is_its_latest_process_s(tmp_path: Path) -> None:
+    """The first process exits with a reason in the shared log; the restarted one is killed."""
+    log = tmp_path / "logs" / "replay-0.log"
+    (port,) = pick_free_ports(1)
+    runs: list[list[str]] = [["replay", "--capacity", "0"], shard_args(port)]
+    child = Child("replay-0", lambda _port: runs.pop(0), log, serves=False, max_restarts=1)
+    try:
+        child.start()
+        deadline = time.monotonic() + 120
+        while child.restarts == 0 and time.monotonic() < deadline:
+            child.check()
+            time.sleep(0.05)
+        assert child.restarts == 1
+        assert child.process is not None
+        # Wait until the second process serves, so its whole start-up is in the log.
+        assert child.process.wait_for_address() == f"127.0.0.1:{port}"
+        child.process.process.kill()
+        error = check_until_failed(child, timeout_s=120)
+    finally:
+        child.stop()
+    assert "capacity: Input should be greater than or equal to 1" in log.read_text(encoding="utf-8")
+    assert str(error).splitlines()[0] == f"replay-0 exited with code -9 after 1 restarts; see {log}"
+    assert error.reason == ("killed by SIGKILL",)
+
+
+def test_a_run_whose_learner_fails_after_the_prechecks_prints_the_learner_s_own_error(
+    tmp_path: Path,
+) -> None:
+    """A run folder whose metrics.csv is a folder: the experiment is fine, the learner's start is not."""
+    run_dir = tmp_path / "run"
+    metrics = run_dir / "metrics.csv"
+    metrics.mkdir(parents=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "services", "run", "--run-dir", str(run_dir), "--actors=1", "--shards=1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    log = run_dir / "logs" / "learner.log"
+    lines = result.stdout.splitlines()
+    headline = (
+        "apexrl run failed: learner failed to start: `apexrl learner` did not start serving "
+        f"(exit code 1); see {log}"
+    )
+    assert headline in lines, result.stdout[-3000:]
+    assert lines[lines.index(headline) + 1] == f"  IsADirectoryError: [Errno 21] Is a directory: '{metrics}'"
+    assert "Traceback (most recent call last):" in log.read_text(encoding="utf-8")

@@ -15,7 +15,8 @@ from apexrl.learner.v1 import learner_pb2, learner_pb2_grpc
 from services.common import parameter_codec
 from services.common.channels import create_channel
 from services.common.health_probe import health_status
-from services.learner.learner import BEST_MODEL, SERVICE_NAME, Learner, LearnerSettings
+from services.learner.learner import BEST_MODEL, Learner, LearnerSettings
+from services.learner.servicer import SERVICE_NAME
 from tests.integration.conftest import ShardFactory
 from tests.integration.training_fixtures import small_config, wait_for
 
@@ -63,7 +64,8 @@ def test_a_caller_that_is_current_gets_no_parameters(stub: learner_pb2_grpc.Lear
     state = parameter_codec.from_wire(first.parameters)
     assert "head.value.weight" in state
     again = stub.GetParameters(
-        learner_pb2.GetParametersRequest(known_version=first.version), timeout=TIMEOUT_S
+        learner_pb2.GetParametersRequest(known_version=first.version, known_lineage=first.lineage),
+        timeout=TIMEOUT_S,
     )
     assert again.up_to_date
     assert again.version == first.version

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+from google.protobuf.message import Message
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from apexrl.common.v1 import tensor_pb2
 from apexrl.replay.v1 import replay_pb2, replay_pb2_grpc
 from services.common import tensor_codec
 from services.common.channels import create_channel
-from services.common.encoded import dense
+from services.common.encoded import compress, dense
 from services.common.health_probe import health_status
 from services.replay.shard import SERVICE_NAME, ReplayShard
 from tests.integration.conftest import ShardFactory, stub_for, transitions
@@ -171,6 +173,23 @@ BAD_INSERTS["bytes not matching the shape"][0].batch.columns["reward"].data = b"
 _missing = insert_request(100, 3)
 del _missing.batch.columns["discount"]
 BAD_INSERTS["missing column"] = (_missing, "lacks column(s) ['discount']")
+_undecodable = insert_request(100, 3)
+del _undecodable.batch.columns["observation"]
+_items = compress(transitions(100, 3)["observation"])
+tensor_codec.encode_encoded_into(_undecodable.batch.encoded_columns["observation"], _items)
+_undecodable.batch.encoded_columns["observation"].data = b"\0" * len(_items.data)
+BAD_INSERTS["encoded items that do not decompress"] = (
+    _undecodable,
+    "column 'observation': encoded items (zstd:float32[4]) do not decompress to 16 bytes each",
+)
+BAD_INSERTS["more items than the table holds"] = (
+    insert_request(100, 101),
+    "batch of 101 items exceeds the table capacity 100",
+)
+BAD_INSERTS["more items than an insert may carry"] = (
+    insert_request(100, 65_537),
+    "insert of 65537 items exceeds the maximum of 65536",
+)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INSERTS))
@@ -205,6 +224,7 @@ def test_priority_updates_with_bad_values_or_unknown_keys_are_invalid_argument_a
         (keys, np.array([1.0, 1.0, -2.0, 1.0]), "priority[2] = -2.0"),
         (keys, np.ones(3), "priorities have shape [3], expected [4]"),
         (np.append(keys[:3], keys.max() + 1000), np.ones(4), "key[3] = "),
+        (np.append(keys[:1], keys[1:] + 10**12), np.ones(4), "key[1] = "),  # of a start 1000 s later
         (keys.astype(np.int32), np.ones(4), "keys must be int64"),
     ]
     before = state(stub)
@@ -214,6 +234,78 @@ def test_priority_updates_with_bad_values_or_unknown_keys_are_invalid_argument_a
         )
         assert_rejected(stub.UpdatePriorities, request, grpc.StatusCode.INVALID_ARGUMENT, message)
     assert state(stub) == before
+
+
+def _sample_request() -> replay_pb2.SampleTransitionsRequest:
+    return replay_pb2.SampleTransitionsRequest(batch_size=4)
+
+
+def _update_request() -> replay_pb2.UpdatePrioritiesRequest:
+    return replay_pb2.UpdatePrioritiesRequest(
+        keys=tensor_codec.encode(np.zeros(1, np.int64)), priorities=tensor_codec.encode(np.ones(1))
+    )
+
+
+# A bug inside the shard raising ValueError or TypeError: in the table, or while a reply is
+# serialized under the table's lock.
+# (patched in the table or the servicer's module, attribute, RPC, request, error raised)
+INTERNAL_FAILURES: dict[str, tuple[str, str, str, Callable[[], Message], type[Exception]]] = {
+    "insert": ("table", "insert", "InsertTransitions", lambda: insert_request(100, 3), ValueError),
+    "sample": ("table", "sample_into", "SampleTransitions", _sample_request, TypeError),
+    "update": ("table", "update_priorities", "UpdatePriorities", _update_request, ValueError),
+    "info": ("table", "info", "GetInfo", replay_pb2.GetInfoRequest, TypeError),
+    "serializing a sample": ("module", "serialize_sample", "SampleTransitions", _sample_request, ValueError),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INTERNAL_FAILURES))
+def test_an_internal_value_or_type_error_is_internal_and_logged_with_its_traceback(
+    shard: ReplayShard,
+    stub: replay_pb2_grpc.ReplayServiceStub,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    case: str,
+) -> None:
+    where, attribute, method, request, error_type = INTERNAL_FAILURES[case]
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise error_type(f"{attribute} is broken")
+
+    if where == "table":
+        monkeypatch.setattr(shard.table, attribute, broken)
+    else:
+        monkeypatch.setattr(f"services.replay.servicer.{attribute}", broken)
+    caplog.set_level(logging.ERROR, logger="services.replay.servicer")
+    message = f"internal error of the replay shard: {error_type.__name__}: {attribute} is broken"
+    assert_rejected(getattr(stub, method), request(), grpc.StatusCode.INTERNAL, message)
+    records = [record for record in caplog.records if record.name == "services.replay.servicer"]
+    assert [(record.levelno, record.getMessage()) for record in records] == [
+        (logging.ERROR, f"rpc failed method={method} code=INTERNAL")
+    ]
+    assert records[0].exc_info is not None
+    assert isinstance(records[0].exc_info[1], error_type)
+    assert "Traceback (most recent call last)" in caplog.text
+    assert 'in broken\n    raise error_type(f"{attribute} is broken")' in caplog.text
+    monkeypatch.undo()  # a scrape reads the table's info
+    errors = shard.metrics.registry.get_sample_value(
+        "apexrl_replay_request_errors_total", {"method": method, "code": "INTERNAL"}
+    )
+    assert errors == 1.0
+    # The shard goes on serving: nothing was held (the table's lock included).
+    assert stub.SampleTransitions(_sample_request(), timeout=TIMEOUT_S).size == 10
+
+
+def test_a_malformed_request_is_not_logged_as_a_failure_of_the_shard(
+    stub: replay_pb2_grpc.ReplayServiceStub, shard: ReplayShard, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="services.replay.servicer")
+    request, message = BAD_INSERTS["NaN priority"]
+    assert_rejected(stub.InsertTransitions, request, grpc.StatusCode.INVALID_ARGUMENT, message)
+    assert [record for record in caplog.records if record.name == "services.replay.servicer"] == []
+    errors = shard.metrics.registry.get_sample_value(
+        "apexrl_replay_request_errors_total", {"method": "InsertTransitions", "code": "INVALID_ARGUMENT"}
+    )
+    assert errors == 1.0
 
 
 def test_stale_keys_are_skipped_and_counted_not_applied(start_shard: ShardFactory) -> None:
@@ -290,11 +382,12 @@ def test_a_shard_restarted_from_its_snapshot_holds_the_same_items(
     saved = stub.SaveSnapshot(replay_pb2.SaveSnapshotRequest(), timeout=TIMEOUT_S)
     assert (saved.path, saved.size) == (str(path), 30)
     before = state(stub)
+    first_incarnation = stub.GetInfo(replay_pb2.GetInfoRequest(), timeout=TIMEOUT_S).incarnation
     first.stop(snapshot=False)
     second = stub_for(start_shard(capacity=50, snapshot_path=path))
     assert state(second) == before
     info = second.GetInfo(replay_pb2.GetInfoRequest(), timeout=TIMEOUT_S)
-    assert info.incarnation == 2
+    assert info.incarnation > first_incarnation
     assert info.signature["observation"] == tensor_pb2.TensorSpec(
         dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[4]
     )

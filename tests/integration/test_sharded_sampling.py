@@ -137,7 +137,7 @@ def test_a_stopped_shard_is_skipped_and_rejoins_from_its_snapshot(
 
     wait_until(shard_one_sampled_again, timeout_s=30)
     assert client.shards_up() == 3
-    assert restarted.table.info().incarnation == 2
+    assert restarted.table.info().incarnation > held.incarnation
 
 
 class ShardItems:

@@ -115,7 +115,7 @@ def test_an_actor_re_registers_after_the_learner_restarts_from_its_checkpoint(
         first.stop()  # writes a checkpoint
         restored = latest_checkpoint(run_dir / "checkpoints")
         assert restored is not None
-        tensors, counters = restored[0], restored[1]
+        tensors, counters = restored.tensors, restored.counters
         assert counters.updates >= 50
         assert counters.parameter_version >= 50 // 5
         assert counters.environment_steps > 0

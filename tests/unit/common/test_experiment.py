@@ -10,6 +10,8 @@ from apexrl.learner.v1 import learner_pb2
 from services.algorithms.actor_critic_config import ActorCriticNetworkConfig
 from services.algorithms.experiment import experiment_spec, load_experiment
 from services.common.config import ConfigError
+from services.common.experiment import MAX_SAMPLE_ITEMS
+from services.replay.servicer import MAX_SAMPLE_BATCH
 
 
 @pytest.mark.parametrize("preset", ["cartpole", "acrobot"])
@@ -100,3 +102,30 @@ def test_an_unknown_algorithm_name_lists_the_known_ones() -> None:
         ConfigError, match="algorithm: unknown name 'dqn'; expected one of 'apex_dqn', 'td3', 'sac'"
     ):
         load_experiment("cartpole", ["algorithm.name=dqn"])
+
+
+@pytest.mark.parametrize("algorithm", ["cartpole", "pendulum"])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["algorithm.batch_size=1024", "algorithm.batches_per_sample_request=32"],
+            "batch_size 1024 x batches_per_sample_request 32 = 32768 items per sample request, above",
+        ),
+        (
+            ["algorithm.replay_capacity=500", "algorithm.min_replay_size=501"],
+            "min_replay_size 501 is above replay_capacity 500: learning would never start",
+        ),
+    ],
+)
+def test_settings_that_would_stall_learning_are_refused_naming_them(
+    algorithm: str, overrides: list[str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_experiment(algorithm, overrides)
+    assert message in str(refused.value)
+    assert "got {" not in str(refused.value)  # the message, not a dump of the whole section
+
+
+def test_the_per_request_limit_is_the_replays() -> None:
+    assert MAX_SAMPLE_ITEMS == MAX_SAMPLE_BATCH

@@ -14,7 +14,14 @@ from services.algorithms.experiment import load_experiment
 from services.algorithms.families import family_named
 from services.algorithms.interface import LearnerCore
 from services.common.environments import describe_environment
-from services.learner.checkpoint import TrainingCounters, checkpoints, latest_checkpoint, save_checkpoint
+from services.learner.checkpoint import (
+    TrainingCounters,
+    checkpoints,
+    latest_checkpoint,
+    save_checkpoint,
+    setting_differences,
+    tensor_differences,
+)
 
 
 def batch(seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -46,7 +53,7 @@ def test_a_resumed_learner_takes_exactly_the_steps_the_original_would_have(tmp_p
     save_checkpoint(tmp_path, original.state_tensors(), counters, "general: {}\n")
     restored = latest_checkpoint(tmp_path)
     assert restored is not None
-    tensors, loaded_counters, config_text = restored
+    tensors, loaded_counters, config_text = restored.tensors, restored.counters, restored.config_yaml
     assert loaded_counters == counters
     assert config_text == "general: {}\n"
     resumed = learner()
@@ -69,7 +76,7 @@ def test_only_the_newest_checkpoints_are_kept_and_a_damaged_newest_falls_back(tm
     files[-1].write_bytes(b"damaged")
     restored = latest_checkpoint(tmp_path)
     assert restored is not None
-    assert restored[1].updates == 30
+    assert restored.counters.updates == 30
 
 
 def test_importance_exponent_anneals_to_one() -> None:
@@ -115,7 +122,7 @@ def test_a_resumed_continuous_learner_takes_exactly_the_steps_the_original_would
     restored = latest_checkpoint(tmp_path)
     assert restored is not None
     resumed = core(seed=1)  # other initial weights: everything must come from the file
-    resumed.load_state_tensors(restored[0], restored[1].updates)
+    resumed.load_state_tensors(restored.tensors, restored.counters.updates)
     for seed in range(5, 9):
         expected, got = original.update(*pendulum_batch(seed)), resumed.update(*pendulum_batch(seed))
         assert got.loss == expected.loss
@@ -124,3 +131,21 @@ def test_a_resumed_continuous_learner_takes_exactly_the_steps_the_original_would
     assert final.keys() == resumed_final.keys()
     for name, value in final.items():
         torch.testing.assert_close(resumed_final[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_settings_the_model_depends_on_are_told_apart_from_those_a_resumed_run_may_change() -> None:
+    stored = "algorithm:\n  name: apex_dqn\n  learning_rate: 0.001\n  network:\n    hidden_sizes: [64, 64]\n"
+    current = {"algorithm": {"name": "apex_dqn", "learning_rate": 0.0005, "network": {"hidden_sizes": [32]}}}
+    matter, other = setting_differences(stored, current)
+    assert matter == ["algorithm.network.hidden_sizes is [64, 64] in the checkpoint, [32] now"]
+    assert other == ["algorithm.learning_rate is 0.001 in the checkpoint, 0.0005 now"]
+    assert setting_differences("", current) == ([], [])  # an old checkpoint without its config
+
+
+def test_tensors_missing_or_of_another_shape_are_named() -> None:
+    expected = {"a": torch.zeros(2, 3), "b": torch.zeros(4), "c": torch.zeros(1)}
+    stored = {"a": torch.zeros(2, 3), "b": torch.zeros(5), "extra": torch.zeros(1)}
+    assert tensor_differences(stored, expected) == [
+        "tensor b is (5,) torch.float32 in the checkpoint, (4,) torch.float32 now",
+        "tensor c is missing",
+    ]
