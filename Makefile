@@ -65,6 +65,12 @@ bench-atari: setup
 bench-solve: setup
 	$(PY) bench/time_to_solve.py cartpole
 
+# `apexrl run` for SOAK_SECONDS with the memory of every process over time; a PNG and JSON lines.
+.PHONY: soak
+SOAK_SECONDS ?= 300
+soak: setup
+	$(PY) bench/soak.py --seconds $(SOAK_SECONDS)
+
 run: setup
 	$(BIN)/apexrl run
 
@@ -75,7 +81,8 @@ images: setup
 
 # docker-compose.yml end to end: the images, 8 actors, rescaling, a shard restart, monitoring.
 compose-test: images
-	APEXRL_COMPOSE_TEST=1 $(PY) -m pytest -s tests/e2e/test_compose.py tests/e2e/test_compose_atari.py
+	APEXRL_COMPOSE_TEST=1 $(PY) -m pytest -s tests/e2e/test_compose.py tests/e2e/test_compose_atari.py \
+		tests/e2e/test_compose_secure.py
 
 clean:
 	rm -rf $(VENV) apexrl build *.egg-info .mypy_cache .ruff_cache .pytest_cache

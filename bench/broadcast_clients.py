@@ -29,7 +29,9 @@ import grpc
 from apexrl.learner.v1 import learner_pb2, learner_pb2_grpc
 from services.common.serving import message_size_options
 
-_OPTIONS = message_size_options(256 << 20)
+# Each channel its own connection (a client of its own): channels of one process share one
+# unless told not to, and a server admits 256 streams per connection.
+_OPTIONS = [*message_size_options(256 << 20), ("grpc.use_local_subchannel_pool", 1)]
 _TIMEOUT_S = 60.0
 
 

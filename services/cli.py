@@ -10,7 +10,9 @@ import typer
 from rich.console import Console
 
 from services.actor.command import actor_command, evaluator_command
+from services.common.certificates import DEFAULT_NAMES, generate_secrets
 from services.common.health_probe import health_status
+from services.common.local_process import apply_child_settings
 from services.launcher.command import run_command
 from services.learner.command import learner_command
 from services.replay.command import replay_command
@@ -46,6 +48,27 @@ def demo_command(
     typer.echo(json.dumps(result))
 
 
+@app.command("secrets")
+def secrets_command(
+    directory: Annotated[
+        Path, typer.Argument(help="Folder to write ca.pem, service.pem, service-key.pem and token to.")
+    ],
+    name: Annotated[
+        list[str] | None,
+        typer.Option(help="A name clients dial a service by (repeat); default: local and compose names."),
+    ] = None,
+    shared: Annotated[
+        bool, typer.Option(help="Key and token readable by other users too (compose's containers).")
+    ] = False,
+) -> None:
+    """Generate a throwaway CA, a service certificate it signs, and a shared token (mutual TLS + token)."""
+    settings = generate_secrets(directory, name or DEFAULT_NAMES, shared).settings
+    variables = " ".join(f"{key}={value}" for key, value in settings.environment().items())
+    typer.echo(
+        f"wrote {directory}; point the services at them: {variables} (or the --token-file, --tls-* flags)"
+    )
+
+
 @app.command("health")
 def health_command(
     target: Annotated[str, typer.Argument(help="host:port of any apexrl service.")],
@@ -60,4 +83,5 @@ def health_command(
 
 
 def main() -> None:
+    apply_child_settings()
     app()

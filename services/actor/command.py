@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,6 +13,14 @@ import typer
 from services.actor.metrics import ActorMetrics, EvaluatorMetrics
 from services.common.http_endpoint import HttpEndpoint
 from services.common.logs import configure_logging
+from services.common.security import (
+    SecurityError,
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
+    TokenFileOption,
+    configure_from_flags,
+)
 from services.common.signals import exit_without_teardown, install_stop_handlers
 
 logger = logging.getLogger(__name__)
@@ -24,10 +33,13 @@ LearnerOption = Annotated[
 MetricsPortOption = Annotated[
     int | None, typer.Option(envvar=_ENV + "METRICS_PORT", help="HTTP /metrics /healthz /readyz port.")
 ]
+MetricsHostOption = Annotated[
+    str, typer.Option(envvar=_ENV + "METRICS_HOST", help="Interface of the HTTP endpoint.")
+]
 LogLevelOption = Annotated[str, typer.Option(envvar="APEXRL_LOG_LEVEL", help="Logging level.")]
 
 
-def _serve(role: str, learner: str, metrics_port: int | None, log_level: str) -> None:
+def _serve(role: str, learner: str, metrics_port: int | None, metrics_host: str, log_level: str) -> None:
     # torch and gymnasium: imported only by the roles that use them.
     from services.actor.actor import Actor
     from services.actor.evaluator import Evaluator
@@ -35,7 +47,7 @@ def _serve(role: str, learner: str, metrics_port: int | None, log_level: str) ->
 
     configure_logging(role, log_level)
     stop = install_stop_handlers()
-    client = LearnerClient(learner)
+    client = LearnerClient(learner)  # security: the process's, configured by the command
     name = f"{socket.gethostname()}:{os.getpid()}"
     worker: Actor | Evaluator
     if role == "actor":
@@ -45,7 +57,7 @@ def _serve(role: str, learner: str, metrics_port: int | None, log_level: str) ->
         evaluator_metrics = EvaluatorMetrics()
         registry, worker = evaluator_metrics.registry, Evaluator(client, name, evaluator_metrics)
     http = (
-        HttpEndpoint(registry, lambda: True, "0.0.0.0", metrics_port).start()
+        HttpEndpoint(registry, lambda: True, metrics_host, metrics_port).start()
         if metrics_port is not None
         else None
     )
@@ -63,19 +75,41 @@ def _serve(role: str, learner: str, metrics_port: int | None, log_level: str) ->
     exit_without_teardown()
 
 
+def _secured(
+    token_file: Path | None, tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None
+) -> None:
+    try:
+        configure_from_flags(token_file, tls_cert, tls_key, tls_ca)
+    except SecurityError as error:
+        typer.echo(f"apexrl: {error}", err=True)
+        raise typer.Exit(2) from None
+
+
 def actor_command(
     learner: LearnerOption = "127.0.0.1:50050",
     metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = "0.0.0.0",
+    token_file: TokenFileOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    tls_ca: TlsCaOption = None,
     log_level: LogLevelOption = "INFO",
 ) -> None:
     """Run an actor: act in environments, stream prioritized n-step transitions to the replay."""
-    _serve("actor", learner, metrics_port, log_level)
+    _secured(token_file, tls_cert, tls_key, tls_ca)
+    _serve("actor", learner, metrics_port, metrics_host, log_level)
 
 
 def evaluator_command(
     learner: LearnerOption = "127.0.0.1:50050",
     metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = "0.0.0.0",
+    token_file: TokenFileOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    tls_ca: TlsCaOption = None,
     log_level: LogLevelOption = "INFO",
 ) -> None:
     """Run the evaluator: deterministic episodes with each new parameter version, reported to the learner."""
-    _serve("evaluator", learner, metrics_port, log_level)
+    _secured(token_file, tls_cert, tls_key, tls_ca)
+    _serve("evaluator", learner, metrics_port, metrics_host, log_level)

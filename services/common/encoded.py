@@ -217,6 +217,11 @@ def check_encoded(items: EncodedItems) -> None:
         raise InvalidInputError(
             f"sizes[{index}] = {int(items.sizes[index])}; every item needs at least 1 byte"
         )
+    # No size above the data's length, so the int64 sum below cannot wrap round to it.
+    if len(items) and int(items.sizes.max()) > items.data.shape[0]:
+        raise InvalidInputError(
+            f"an item of {int(items.sizes.max())} bytes, but the data holds {items.data.shape[0]}"
+        )
     total = int(items.sizes.sum())
     if total != items.data.shape[0]:
         raise InvalidInputError(f"sizes add up to {total} bytes but the data holds {items.data.shape[0]}")

@@ -31,7 +31,9 @@ class GeneralConfig(StrictModel):
     solved_return: float | None = Field(None, description="Stop once an evaluation's mean return reaches it.")
     evaluation_episodes: int = Field(10, ge=1, description="Greedy episodes per evaluation.")
     evaluation_interval_s: float = Field(5.0, ge=0, description="Least time between evaluations.")
-    checkpoint_interval_s: float = Field(60.0, gt=0, description="Time between learner checkpoints.")
+    checkpoint_interval_s: float = Field(
+        60.0, gt=0, description="Time between learner checkpoints (and, in apexrl run, replay snapshots)."
+    )
     log_interval_s: float = Field(1.0, gt=0, description="Time between metric rows (CSV, TensorBoard).")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import re
 import signal
@@ -16,6 +15,8 @@ from typing import IO
 
 _ADDRESS = re.compile(r"serving address=(\S+)")
 _PR_SET_PDEATHSIG = 1
+# "<launcher pid>:<niceness>", for a child to apply itself (apply_child_settings).
+_CHILD_VARIABLE = "APEXRL_LOCAL_CHILD"
 
 
 def die_with_parent() -> None:
@@ -24,9 +25,21 @@ def die_with_parent() -> None:
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _prepare_child(niceness: int) -> None:
-    """Runs in the child between fork and exec."""
+def apply_child_settings() -> None:
+    """Called first by every ``python -m services`` process: a child of a launcher asks for SIGTERM
+    when the launcher dies, and lowers its own priority.
+
+    The child does this after exec, not in a ``preexec_fn`` between fork and exec: such a hook
+    forces a real fork of the multithreaded launcher, and gRPC's fork handlers then abort the
+    child now and then (exit -6, "epoll_wait error: Bad file descriptor").
+    """
+    setting = os.environ.pop(_CHILD_VARIABLE, None)
+    if setting is None:
+        return
+    launcher, niceness = (int(part) for part in setting.split(":"))
     die_with_parent()
+    if os.getppid() != launcher:  # the launcher died before the request above: no signal will come
+        os._exit(1)
     if niceness:
         os.nice(niceness)
 
@@ -53,7 +66,7 @@ class LocalProcess:
             stdout=self._log,
             text=True,
             start_new_session=True,
-            preexec_fn=functools.partial(_prepare_child, niceness),  # noqa: PLW1509 - no threads touch state between fork and exec here
+            env={**os.environ, _CHILD_VARIABLE: f"{os.getpid()}:{niceness}"},
         )
         assert self.process.stderr is not None
         # Keep draining stderr, or the child blocks once the pipe buffer fills.

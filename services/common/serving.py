@@ -14,6 +14,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.security import AsyncTokenInterceptor, SecuritySettings, TokenInterceptor, current
+
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
@@ -28,8 +30,18 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 0
     max_workers: int = 16
+    # Calls a thread-pool server holds at once, running or queued for a worker; past it,
+    # RESOURCE_EXHAUSTED. Above any realistic count of clients (64 actors and a learner
+    # are far below), so a busy shard queues calls instead of refusing them.
+    max_concurrent_rpcs: int = 1024
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     grace_s: float = 5.0
+    # Connection limits (docs/operations.md lists them with the clients' matching ones).
+    max_concurrent_streams: int = 256  # per client connection
+    max_connection_age_s: float = 600.0  # then clients reconnect, and rebalance to new servers
+    max_connection_age_grace_s: float = 60.0  # for calls under way when the age is reached
+    keepalive_s: float = 30.0  # the server pings a connection idle this long ...
+    keepalive_timeout_s: float = 10.0  # ... and drops it when no answer comes this soon
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -77,8 +89,25 @@ class RunningServer:
         self.server.stop(grace_s).wait()
 
 
+# Clients ping no more often than this (services/common/channels.py); the server allows it.
+CLIENT_KEEPALIVE_S = 60.0
+
+
 def _server_options(settings: ServerSettings) -> list[tuple[str, int]]:
-    return [*message_size_options(settings.max_message_bytes), ("grpc.so_reuseport", 0)]
+    milliseconds = [
+        ("grpc.max_connection_age_ms", settings.max_connection_age_s),
+        ("grpc.max_connection_age_grace_ms", settings.max_connection_age_grace_s),
+        ("grpc.keepalive_time_ms", settings.keepalive_s),
+        ("grpc.keepalive_timeout_ms", settings.keepalive_timeout_s),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", CLIENT_KEEPALIVE_S / 2),
+    ]
+    return [
+        *message_size_options(settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        ("grpc.keepalive_permit_without_calls", 1),
+        *((name, round(seconds * 1000)) for name, seconds in milliseconds),
+    ]
 
 
 def _reflected(service_names: Sequence[str]) -> list[str]:
@@ -86,16 +115,30 @@ def _reflected(service_names: Sequence[str]) -> list[str]:
     return [*service_names, health_service, reflection.SERVICE_NAME]
 
 
-def _bind(server: grpc.Server | grpc.aio.Server, settings: ServerSettings) -> int:
+def _bind(server: grpc.Server | grpc.aio.Server, settings: ServerSettings, security: SecuritySettings) -> int:
     address = f"{settings.host}:{settings.port}"
-    port = server.add_insecure_port(address)
+    credentials = security.server_credentials()
+    port = (
+        server.add_insecure_port(address)
+        if credentials is None
+        else server.add_secure_port(address, credentials)
+    )
     if port == 0:
         raise OSError(f"cannot bind gRPC server to {address}")
     return port
 
 
-def _log_started(settings: ServerSettings, port: int, service_names: Sequence[str]) -> None:
-    logger.info("grpc server started address=%s:%d services=%s", settings.host, port, ",".join(service_names))
+def _log_started(
+    settings: ServerSettings, port: int, service_names: Sequence[str], security: SecuritySettings
+) -> None:
+    logger.info(
+        "grpc server started address=%s:%d services=%s tls=%s token=%s",
+        settings.host,
+        port,
+        ",".join(service_names),
+        security.tls,
+        security.token_file is not None,
+    )
 
 
 def start_server(
@@ -103,22 +146,29 @@ def start_server(
     service_names: Sequence[str],
     settings: ServerSettings,
     serving: bool = True,
+    security: SecuritySettings | None = None,
 ) -> RunningServer:
-    """Builds, binds and starts a server with health and reflection; ``register`` adds the servicers."""
+    """Builds, binds and starts a server with health and reflection; ``register`` adds the servicers.
+
+    ``security``: the process's (:func:`services.common.security.current`) unless given.
+    """
+    security = security if security is not None else current()
+    token = security.token()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc"),
+        interceptors=[TokenInterceptor(token)] if token else None,
         options=_server_options(settings),
-        maximum_concurrent_rpcs=settings.max_workers * 4,
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     register(server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(_reflected(service_names), server)
-    port = _bind(server, settings)
+    port = _bind(server, settings, security)
     server.start()
     running = RunningServer(server, port, health_servicer, service_names)
     running.set_serving(serving)
-    _log_started(settings, port, service_names)
+    _log_started(settings, port, service_names, security)
     return running
 
 
@@ -137,8 +187,10 @@ class AsyncServer:
         service_names: Sequence[str],
         settings: ServerSettings,
         serving: bool = True,
+        security: SecuritySettings | None = None,
     ) -> None:
         self._settings = settings
+        self._security = security if security is not None else current()
         self._services = list(service_names)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-aio", daemon=True)
@@ -150,14 +202,18 @@ class AsyncServer:
             self._close_loop()
             raise
         self.set_serving(serving)
-        _log_started(settings, self.port, service_names)
+        _log_started(settings, self.port, service_names, self._security)
 
     async def _start(self, register: Callable[[grpc.aio.Server], None]) -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server(options=_server_options(self._settings))
+        token = self._security.token()
+        server = grpc.aio.server(
+            interceptors=[AsyncTokenInterceptor(token)] if token else None,
+            options=_server_options(self._settings),
+        )
         register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(_reflected(self._services), server)
-        port = _bind(server, self._settings)
+        port = _bind(server, self._settings, self._security)
         await server.start()
         return server, port
 

@@ -30,6 +30,7 @@ from apexrl.replay.v1 import replay_pb2, replay_pb2_grpc
 from services.common import tensor_codec
 from services.common.channels import create_channel
 from services.common.encoded import Column, EncodedItems, decompress, join_rows, take_rows
+from services.common.security import SecuritySettings
 from services.common.serving import DEFAULT_MAX_MESSAGE_BYTES
 
 logger = logging.getLogger(__name__)
@@ -225,12 +226,14 @@ class ShardedReplayClient:
         min_backoff_s: float = 0.2,
         max_backoff_s: float = 5.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        security: SecuritySettings | None = None,
     ) -> None:
+        """``security``: the process's (services/common/security.py) unless given."""
         if not addresses:
             raise ValueError("at least one replay shard address is needed")
         self._shards = []
         for address in addresses:
-            channel = create_channel(address, max_message_bytes)
+            channel = create_channel(address, max_message_bytes, security=security)
             self._shards.append(_Shard(address, replay_pb2_grpc.ReplayServiceStub(channel), channel))
         self._rng = np.random.default_rng(seed)
         self._timeout_s = timeout_s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -78,6 +79,23 @@ def encode(array: NDArray[np.generic] | np.generic) -> tensor_pb2.Tensor:
     return tensor
 
 
+# numpy builds no array of more dimensions, nor one whose nonzero dimensions times its itemsize
+# pass sys.maxsize bytes, even an empty one (a zero dimension): such shapes are the sender's error.
+_MAX_DIMENSIONS = 64
+
+
+def _check_shape(name: str, what: str, shape: tuple[int, ...], itemsize: int) -> None:
+    """InvalidInputError naming ``name`` unless numpy can make an array of ``shape``."""
+    if any(dimension < 0 for dimension in shape):
+        raise InvalidInputError(f"{name}: negative dimension in {what} {list(shape)}")
+    if len(shape) > _MAX_DIMENSIONS:
+        raise InvalidInputError(
+            f"{name}: {what} has {len(shape)} dimensions, more than the {_MAX_DIMENSIONS} allowed"
+        )
+    if math.prod(max(dimension, 1) for dimension in shape) * itemsize > sys.maxsize:
+        raise InvalidInputError(f"{name}: {what} {list(shape)} is too large for an array")
+
+
 def decode(tensor: tensor_pb2.Tensor, name: str = "tensor") -> NDArray[Any]:
     """A read-only array over the message's bytes; InvalidInputError naming ``name`` when malformed."""
     try:
@@ -85,8 +103,7 @@ def decode(tensor: tensor_pb2.Tensor, name: str = "tensor") -> NDArray[Any]:
     except ValueError:
         raise InvalidInputError(f"{name}: unknown or unspecified dtype {tensor.dtype}") from None
     shape = tuple(tensor.shape)
-    if any(dimension < 0 for dimension in shape):
-        raise InvalidInputError(f"{name}: negative dimension in shape {list(shape)}")
+    _check_shape(name, "shape", shape, dtype.itemsize)
     count = math.prod(shape)
     data = tensor.data
     if len(data) != count * dtype.itemsize:
@@ -140,16 +157,22 @@ def decode_encoded(column: tensor_pb2.EncodedColumn, name: str) -> EncodedItems:
             f"{name}: unknown or unspecified item dtype {column.item_spec.dtype}"
         ) from None
     item_shape = tuple(column.item_spec.shape)
-    if any(dimension < 0 for dimension in item_shape):
-        raise InvalidInputError(f"{name}: negative dimension in item shape {list(item_shape)}")
+    _check_shape(name, "item shape", item_shape, dtype.itemsize)
     sizes = decode(column.sizes, f"{name} sizes")
     if sizes.dtype != np.int64 or sizes.ndim != 1:
         raise InvalidInputError(f"{name}: sizes must be int64 [N], got {sizes.dtype.name}{list(sizes.shape)}")
+    # The items decode to one array [N, *item_shape]: it must be one numpy can make.
+    _check_shape(name, "decoded shape", (len(sizes), *item_shape), dtype.itemsize)
     data = np.frombuffer(column.data, dtype=np.uint8)
     if len(sizes) and int(sizes.min()) < 1:
         index = int(np.flatnonzero(sizes < 1)[0])
         raise InvalidInputError(
             f"{name}: sizes[{index}] = {int(sizes[index])}; every item needs at least 1 byte"
+        )
+    # No size above the data's length, so the int64 sum below cannot wrap round to it.
+    if len(sizes) and int(sizes.max()) > data.shape[0]:
+        raise InvalidInputError(
+            f"{name}: an item of {int(sizes.max())} bytes, but the data holds {data.shape[0]}"
         )
     if int(sizes.sum()) != data.shape[0]:
         raise InvalidInputError(

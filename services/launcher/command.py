@@ -11,7 +11,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from services.algorithms.experiment import load_experiment
+from services.common.certificates import generate_secrets
 from services.common.config import ConfigError
+from services.common.security import configure
 from services.common.signals import install_stop_handlers
 from services.launcher.progress_view import ProgressView
 
@@ -68,6 +70,13 @@ def run_command(
         list[str] | None, typer.Option("--set", help="Override a config value: section.key=value.")
     ] = None,
     run_dir: Annotated[Path | None, typer.Option(help="Run folder; an existing one is resumed.")] = None,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            help="Mutual TLS and a token between the run's processes, from a throwaway CA and token "
+            "written to the run folder's secrets/."
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option(help="Level of the launcher's own log file.")] = "INFO",
 ) -> None:
     """Train on this machine: replay shards, learner, evaluator and actors as local processes."""
@@ -85,6 +94,10 @@ def run_command(
         raise typer.Exit(2) from None
     folder = run_dir or default_run_dir(experiment)
     _log_to_file(folder / "logs" / "launcher.log", log_level)
+    if secure:
+        # The children inherit the settings through the environment (file paths only).
+        configure(generate_secrets(folder / "secrets", ("localhost", "127.0.0.1")).settings)
+        logger.info("secure run: mutual TLS and a token, secrets in %s", folder / "secrets")
     stop = install_stop_handlers()
     view = ProgressView(console, experiment)
     try:

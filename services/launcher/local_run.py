@@ -95,6 +95,11 @@ class LocalRun:
             str(algorithm.priority_exponent),
             "--snapshot-path",
             str(self.run_dir / f"replay-{index}.snapshot"),
+            # Shards snapshot as often as the learner checkpoints: a part killed with -9
+            # (and restarted by the launcher) loses at most that interval of its state, and
+            # one setting bounds what a crash of either costs.
+            "--snapshot-interval-s",
+            str(self.config.general.checkpoint_interval_s),
             "--seed",
             str(self.config.general.seed + index),
         ]

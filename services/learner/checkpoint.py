@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -18,7 +19,9 @@ from services.common.atomic_files import write_atomically
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "apexrl.learner.checkpoint/1"
+FORMAT = "apexrl.learner.checkpoint/2"
+# Written before checkpoints carried a digest: read as they are, unchecked.
+_UNCHECKED_FORMAT = "apexrl.learner.checkpoint/1"
 _PREFIX = "checkpoint-"
 # The settings a checkpoint's tensors depend on: with any of them changed, they are another
 # model's (other shapes, or the same shapes meaning something else).
@@ -33,6 +36,10 @@ MODEL_SETTINGS = (
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint that does not fit the configured experiment; the message names each difference."""
+
+
+class NoReadableCheckpointError(ValueError):
+    """Checkpoints are there but none can be read; the message names each file and what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,13 @@ def save_checkpoint(
     """Writes ``checkpoint-<updates>.safetensors`` atomically and keeps the newest ``keep`` files."""
     path = directory / f"{_PREFIX}{counters.updates:012d}.safetensors"
     host = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
-    metadata = {"format": FORMAT, "counters": json.dumps(asdict(counters)), "config": config_yaml}
+    counters_json = json.dumps(asdict(counters))
+    metadata = {
+        "format": FORMAT,
+        "counters": counters_json,
+        "config": config_yaml,
+        "sha256": _digest(host, counters_json, config_yaml),
+    }
     write_atomically(path, lambda temporary: save_file(host, str(temporary), metadata=metadata))
     for old in checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
@@ -69,18 +82,44 @@ def checkpoints(directory: Path) -> list[Path]:
     return sorted(directory.glob(f"{_PREFIX}*.safetensors"))
 
 
+def _digest(tensors: Mapping[str, torch.Tensor], counters_json: str, config_yaml: str) -> str:
+    """SHA-256 of everything a checkpoint restores: each tensor's name, dtype, shape and bytes,
+    the counters and the config. safetensors checks a file's layout but not its contents."""
+    digest = hashlib.sha256()
+
+    def add(part: bytes) -> None:
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+
+    add(counters_json.encode())
+    add(config_yaml.encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        add(f"{name}:{tensor.dtype}:{list(tensor.shape)}".encode())
+        add(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], TrainingCounters, str]:
-    """Tensors, counters and config YAML of a checkpoint; ValueError when it is not one."""
+    """Tensors, counters and config YAML of a checkpoint; ValueError when it is not one, or is damaged.
+
+    Nothing is returned from a file whose contents do not match the digest it was written with.
+    """
     try:
         with safe_open(str(path), framework="pt") as reader:
             metadata = reader.metadata() or {}
-            if metadata.get("format") != FORMAT:
+            if metadata.get("format") not in (FORMAT, _UNCHECKED_FORMAT):
                 raise ValueError(f"{path} is not an apexrl learner checkpoint")
             tensors = {name: reader.get_tensor(name) for name in reader.keys()}  # noqa: SIM118
+        config = metadata.get("config", "")
+        if metadata["format"] == FORMAT and metadata["sha256"] != _digest(
+            tensors, metadata["counters"], config
+        ):
+            raise ValueError(f"learner checkpoint {path} is damaged: its contents do not match its digest")
         counters = TrainingCounters(**json.loads(metadata["counters"]))
     except (OSError, SafetensorError, KeyError, TypeError, json.JSONDecodeError) as error:
         raise ValueError(f"cannot read learner checkpoint {path}: {error}") from error
-    return tensors, counters, metadata.get("config", "")
+    return tensors, counters, config
 
 
 @dataclass(frozen=True)
@@ -94,12 +133,26 @@ class Restored:
 
 
 def latest_checkpoint(directory: Path) -> Restored | None:
-    """The newest readable checkpoint; a damaged newest file falls back to the one before it."""
-    for path in reversed(checkpoints(directory)):
+    """The newest readable checkpoint; a damaged newest file falls back to the one before it.
+
+    None when there is no checkpoint. When there are some but none is readable,
+    NoReadableCheckpointError naming each: starting afresh would silently lose the run,
+    and its new checkpoints, named by smaller update counts, would be pruned before the
+    damaged ones, each as soon as it was written.
+    """
+    found = checkpoints(directory)
+    problems = []
+    for path in reversed(found):
         try:
             return Restored(path, *load_checkpoint(path))
         except ValueError as error:
             logger.error("skipping unreadable checkpoint path=%s error=%s", path, error)
+            problems.append(str(error))
+    if found:
+        raise NoReadableCheckpointError(
+            f"none of the {len(found)} checkpoints in {directory} is readable: {'; '.join(problems)}. "
+            "Move them away to start this run folder afresh"
+        )
     return None
 
 

@@ -11,6 +11,14 @@ import typer
 from services.algorithms.experiment import load_experiment
 from services.common.config import ConfigError
 from services.common.logs import configure_logging
+from services.common.security import (
+    SecurityError,
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
+    TokenFileOption,
+    configure_from_flags,
+)
 from services.common.signals import exit_without_teardown, install_stop_handlers, wait_until_stopped
 
 logger = logging.getLogger(__name__)
@@ -47,6 +55,14 @@ def learner_command(
     metrics_port: Annotated[
         int | None, typer.Option(envvar=_ENV + "METRICS_PORT", help="HTTP /metrics /healthz /readyz port.")
     ] = None,
+    metrics_host: Annotated[
+        str | None,
+        typer.Option(envvar=_ENV + "METRICS_HOST", help="Interface of the HTTP endpoint (default: --host)."),
+    ] = None,
+    token_file: TokenFileOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    tls_ca: TlsCaOption = None,
     log_level: Annotated[str, typer.Option(envvar="APEXRL_LOG_LEVEL", help="Logging level.")] = "INFO",
 ) -> None:
     """Run the learner: sample the shards, train the experiment's algorithm, publish parameters."""
@@ -57,6 +73,7 @@ def learner_command(
 
     addresses = _address_list(replay)
     try:
+        configure_from_flags(token_file, tls_cert, tls_key, tls_ca)
         experiment = load_experiment(config, overrides or [])
         if not addresses:
             raise ConfigError("--replay (or APEXRL_LEARNER_REPLAY) must name at least one shard host:port")
@@ -67,9 +84,10 @@ def learner_command(
             port,
             metrics_port,
             advertised_replay_addresses=_address_list(advertise_replay),
+            metrics_host=metrics_host,
         )
         learner = Learner(experiment, settings)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, SecurityError, FileNotFoundError, ValueError) as error:
         typer.echo(f"apexrl learner: {error}", err=True)
         raise typer.Exit(2) from None
     logger.info("learner serving address=%s metrics_port=%s", learner.address, learner.metrics_port)

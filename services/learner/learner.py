@@ -64,6 +64,8 @@ class LearnerSettings:
     # How long the start-up check waits for each shard's GetInfo; one that does not answer
     # in time is logged and not checked (training waits for it as for any shard that is down).
     shard_check_timeout_s: float = 30.0
+    # The HTTP endpoint's interface; None: host.
+    metrics_host: str | None = None
 
 
 def config_yaml(config: ExperimentConfig) -> str:
@@ -127,7 +129,10 @@ class Learner:
         self._http: HttpEndpoint | None = None
         if settings.metrics_port is not None:
             self._http = HttpEndpoint(
-                self.metrics.registry, lambda: True, settings.host, settings.metrics_port
+                self.metrics.registry,
+                lambda: True,
+                settings.metrics_host or settings.host,
+                settings.metrics_port,
             )
             self._http.start()
         self.trainer.start()

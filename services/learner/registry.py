@@ -77,6 +77,17 @@ class ActorRegistry:
             record.parameter_version = version
             record.last_seen = time.monotonic()
 
+    def touch(self, actor_id: int, version: int) -> None:
+        """Records that the client holds ``version`` (a watch pushed it); UnknownActorError as heartbeat."""
+        with self._lock:
+            record = self._actors.get(actor_id)
+            if record is None:
+                raise UnknownActorError(
+                    f"actor {actor_id} is not registered with this learner; register again"
+                )
+            record.parameter_version = version
+            record.last_seen = time.monotonic()
+
     def _expire_locked(self) -> None:
         now = time.monotonic()
         for actor_id in [a for a, r in self._actors.items() if now - r.last_seen > self._expiry_s]:

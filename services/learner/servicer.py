@@ -18,7 +18,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
 import grpc
-from google.protobuf.message import Message
+import numpy as np
+from google.protobuf.message import DecodeError, Message
 
 from apexrl.learner.v1 import learner_pb2
 from services.algorithms.experiment import ExperimentConfig, actor_settings, experiment_spec
@@ -37,6 +38,10 @@ _ROLES = {
 }
 _ROLE_VALUES = {name: value for value, name in _ROLES.items()}
 SERVICE_NAME = learner_pb2.DESCRIPTOR.services_by_name["LearnerService"].full_name
+# An actor's reported steps or episodes are taken as at most this (1.1e12: years of stepping at
+# any real rate), so totals over every registration stay far inside int64, which the run log's
+# step and the status's counters need (a report of 2**64 - 1 steps stopped the trainer).
+MAX_REPORTED_COUNT = 1 << 40
 
 
 def _evaluation(evaluation: Evaluation | None) -> learner_pb2.Evaluation | None:
@@ -157,8 +162,8 @@ class LearnerServicer:
             try:
                 self._registry.heartbeat(
                     request.actor_id,
-                    progress.environment_steps,
-                    progress.episodes,
+                    min(progress.environment_steps, MAX_REPORTED_COUNT),
+                    min(progress.episodes, MAX_REPORTED_COUNT),
                     progress.last_episode_return,
                     request.known_version,
                 )
@@ -178,6 +183,7 @@ class LearnerServicer:
         self, request: learner_pb2.WatchParametersRequest, context: Context
     ) -> AsyncIterator[bytes]:
         policy_only = _policy_only(request.parameter_set)
+        await self._touch(request.actor_id, request.known_version, context)
         # What the caller holds: a version of another lineage (a learner that crashed after
         # its last checkpoint) is not the current one whatever its number.
         held = (request.known_lineage, request.known_version)
@@ -186,10 +192,20 @@ class LearnerServicer:
             version, reply = self._reply(learner_pb2.WatchParametersResponse, policy_only)
             if reply is not None and (self._store.lineage, version) != held:
                 held = (self._store.lineage, version)
+                await self._touch(request.actor_id, version, context)  # a push is a heartbeat
                 yield reply
                 continue
             # A cancelled call cancels this wait; a draining learner closes the store.
             await published.wait()
+
+    async def _touch(self, actor_id: int, version: int, context: Context) -> None:
+        """Keeps a registered watcher's registration alive; NOT_FOUND for an id the learner forgot."""
+        if not actor_id:
+            return
+        try:
+            self._registry.touch(actor_id, version)
+        except UnknownActorError as error:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, str(error))
 
     async def GetStatus(
         self, request: learner_pb2.GetStatusRequest, context: Context
@@ -237,6 +253,15 @@ class LearnerServicer:
             await _abort(
                 context, grpc.StatusCode.INVALID_ARGUMENT, f"episode_returns must be finite, got {returns}"
             )
+        with np.errstate(over="ignore", invalid="ignore"):
+            values = np.asarray(returns, dtype=np.float64)
+            summary = (float(values.mean()), float(values.std()))
+        if not all(math.isfinite(value) for value in summary):
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"episode_returns are too large to average: mean {summary[0]}, std {summary[1]}",
+            )
         if request.parameter_lineage not in ("", self._store.lineage):
             await _abort(
                 context,
@@ -270,12 +295,48 @@ class LearnerServicer:
         return learner_pb2.ReportEvaluationResponse(new_best=new_best, finished=self._finished())
 
 
+class _Undecodable:
+    """Request bytes that do not parse as the method's message."""
+
+    def __init__(self, details: str) -> None:
+        self.details = details
+
+
+def _deserializer(request: type[Message]) -> Callable[[bytes], Message | _Undecodable]:
+    """Parses requests; one that does not parse is handed on, to fail with INVALID_ARGUMENT (the
+    gRPC runtime answers a deserializer's exception with UNKNOWN)."""
+
+    def deserialize(data: bytes) -> Message | _Undecodable:
+        try:
+            return request.FromString(data)
+        except DecodeError as error:
+            return _Undecodable(f"the request is not a valid {request.DESCRIPTOR.full_name}: {error}")
+
+    return deserialize
+
+
 def _handler(
     method: Callable[..., Any], request: type[Message], serialized: bool, stream: bool = False
 ) -> Any:
     serializer = _already_serialized if serialized else lambda reply: reply.SerializeToString()
+
+    async def unary(message: Message | _Undecodable, context: Context) -> Any:
+        if isinstance(message, _Undecodable):
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, message.details)
+        return await method(message, context)
+
+    async def streaming(message: Message | _Undecodable, context: Context) -> AsyncIterator[Any]:
+        if isinstance(message, _Undecodable):
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, message.details)
+        async for reply in method(message, context):
+            yield reply
+
     make = grpc.unary_stream_rpc_method_handler if stream else grpc.unary_unary_rpc_method_handler
-    return make(method, request_deserializer=request.FromString, response_serializer=serializer)
+    return make(
+        streaming if stream else unary,
+        request_deserializer=_deserializer(request),
+        response_serializer=serializer,
+    )
 
 
 def _already_serialized(reply: bytes) -> bytes:

@@ -59,7 +59,8 @@ class Trainer:
         self._run_log = run_log
         self._save_checkpoint = save_checkpoint
         self._stop = threading.Event()
-        self.snapshot = Snapshot(updates=learner.updates)
+        # A resumed learner's counters, from the first status on (not 0 until the first refresh).
+        self.snapshot = Snapshot(updates=learner.updates, environment_steps=registry.environment_steps())
         self._update_rate = RateMeter()
         self._step_rate = RateMeter()
         self._thread = threading.Thread(target=self._run, name="trainer", daemon=True)

@@ -11,6 +11,14 @@ import typer
 from services.common.allocator import keep_large_buffers
 from services.common.config import ConfigError, validate
 from services.common.logs import configure_logging
+from services.common.security import (
+    SecurityError,
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
+    TokenFileOption,
+    configure_from_flags,
+)
 from services.common.signals import install_stop_handlers, wait_until_stopped
 from services.replay.settings import ReplayShardSettings
 from services.replay.shard import ReplayShard
@@ -18,6 +26,8 @@ from services.replay.shard import ReplayShard
 logger = logging.getLogger(__name__)
 
 _ENV = "APEXRL_REPLAY_"
+# Options that configure the process, not the shard.
+_NOT_SHARD_SETTINGS = ("log_level", "token_file", "tls_cert", "tls_key", "tls_ca")
 
 
 def replay_command(
@@ -26,6 +36,10 @@ def replay_command(
     metrics_port: Annotated[
         int | None,
         typer.Option(envvar=_ENV + "METRICS_PORT", help="HTTP /metrics /healthz /readyz port."),
+    ] = None,
+    metrics_host: Annotated[
+        str | None,
+        typer.Option(envvar=_ENV + "METRICS_HOST", help="Interface of the HTTP endpoint (default: --host)."),
     ] = None,
     capacity: Annotated[int, typer.Option(envvar=_ENV + "CAPACITY", help="Most items held.")] = 1_000_000,
     priority_exponent: Annotated[
@@ -54,18 +68,23 @@ def replay_command(
     max_message_mib: Annotated[
         int, typer.Option(envvar=_ENV + "MAX_MESSAGE_MIB", help="Message limit, MiB.")
     ] = 64,
+    token_file: TokenFileOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    tls_ca: TlsCaOption = None,
     log_level: Annotated[str, typer.Option(envvar="APEXRL_LOG_LEVEL", help="Logging level.")] = "INFO",
 ) -> None:
     """Run one replay shard (prioritized experience replay over gRPC)."""
-    values = {name: value for name, value in locals().items() if name != "log_level"}
+    values = {name: value for name, value in locals().items() if name not in _NOT_SHARD_SETTINGS}
     configure_logging("replay", log_level)
     # Handlers first: a SIGTERM right after the start-up line must still drain cleanly.
     stop = install_stop_handlers()
     keep_large_buffers()
     try:
+        configure_from_flags(token_file, tls_cert, tls_key, tls_ca)
         settings = validate(ReplayShardSettings, values, "apexrl replay flags")
         shard = ReplayShard(settings)
-    except (ConfigError, ValueError) as error:
+    except (ConfigError, SecurityError, ValueError) as error:
         typer.echo(f"apexrl replay: {error}", err=True)
         raise typer.Exit(2) from None
     logger.info("replay shard serving address=%s metrics_port=%s", shard.address, shard.metrics_port)

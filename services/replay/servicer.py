@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from apexrl.replay.v1 import replay_pb2, replay_pb2_grpc
 from services.common import tensor_codec
@@ -17,7 +18,7 @@ from services.replay.columns import batch_length
 from services.replay.metrics import ReplayMetrics
 from services.replay.rate_limiter import NotEnoughDataError, RateLimitedError
 from services.replay.sample_encoding import serialize_sample
-from services.replay.table import PrioritizedTable
+from services.replay.table import InPlace, PrioritizedTable, SampledItems
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ _STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (SnapshotUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),
     (RateLimitedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (MessageTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    # A request whose checking needs more memory than the shard has (encoded items that claim
+    # to decompress to terabytes) is too large, not a bug of the shard.
+    (MemoryError, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 
 
@@ -97,7 +101,7 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
         except Exception as error:
             code = _status_of(error)
             self._metrics.request_errors.labels(method, code.name).inc()
-            message = str(error)
+            message = str(error) or type(error).__name__
             if code == grpc.StatusCode.INTERNAL:
                 logger.exception("rpc failed method=%s code=%s", method, code.name)
                 message = f"internal error of the replay shard: {type(error).__name__}: {error}"
@@ -137,9 +141,20 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
                 )
             # Serialized under the table's lock, straight from the stored rows.
             wait_s = _allowed_wait_s(request.max_wait_s, context)
-            return self._table.sample_into(batch_size, wait_s, serialize_sample)
+            return self._table.sample_into(batch_size, wait_s, self._serialize_within_limit)
 
         return self._serve("SampleTransitions", context, sample)
+
+    def _serialize_within_limit(self, items: SampledItems[InPlace]) -> bytes:
+        """The reply's bytes; MessageTooLargeError, raised before the table counts the sample, where
+        they exceed the message limit after all (the estimate above leaves out per-item framing)."""
+        reply = serialize_sample(items)
+        if len(reply) > self._max_message_bytes:
+            raise MessageTooLargeError(
+                f"a sample of {len(items.keys)} items needs a {len(reply)} byte reply, above the "
+                f"{self._max_message_bytes} byte message limit; sample fewer items"
+            )
+        return reply
 
     def UpdatePriorities(
         self, request: replay_pb2.UpdatePrioritiesRequest, context: grpc.ServicerContext
@@ -206,35 +221,62 @@ def _already_serialized(reply: bytes) -> bytes:
     return reply
 
 
+@dataclass(frozen=True)
+class _Undecodable:
+    """Request bytes that do not parse as the method's message."""
+
+    details: str
+
+
+def _handler(
+    behavior: Callable[[Any, grpc.ServicerContext], Any],
+    request: type[Message],
+    response_serializer: Callable[[Any], bytes],
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A unary handler whose undecodable requests fail with INVALID_ARGUMENT (the gRPC runtime
+    answers a deserializer's exception with INTERNAL, a server fault)."""
+
+    def deserialize(data: bytes) -> Message | _Undecodable:
+        try:
+            return request.FromString(data)
+        except DecodeError as error:
+            return _Undecodable(f"the request is not a valid {request.DESCRIPTOR.full_name}: {error}")
+
+    def handle(message: Message | _Undecodable, context: grpc.ServicerContext) -> Any:
+        if isinstance(message, _Undecodable):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, message.details)
+        return behavior(message, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        handle, request_deserializer=deserialize, response_serializer=response_serializer
+    )
+
+
 def add_to_server(servicer: ReplayServicer, server: grpc.Server) -> None:
     """Registers the servicer like the generated function, but SampleTransitions answers with
     the bytes :func:`serialize_sample` made under the table's lock (one copy of the rows)."""
     messages = replay_pb2
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-        "InsertTransitions": grpc.unary_unary_rpc_method_handler(
+        "InsertTransitions": _handler(
             servicer.InsertTransitions,
-            request_deserializer=messages.InsertTransitionsRequest.FromString,
-            response_serializer=messages.InsertTransitionsResponse.SerializeToString,
+            messages.InsertTransitionsRequest,
+            messages.InsertTransitionsResponse.SerializeToString,
         ),
-        "SampleTransitions": grpc.unary_unary_rpc_method_handler(
-            servicer.SampleTransitions,
-            request_deserializer=messages.SampleTransitionsRequest.FromString,
-            response_serializer=_already_serialized,
+        "SampleTransitions": _handler(
+            servicer.SampleTransitions, messages.SampleTransitionsRequest, _already_serialized
         ),
-        "UpdatePriorities": grpc.unary_unary_rpc_method_handler(
+        "UpdatePriorities": _handler(
             servicer.UpdatePriorities,
-            request_deserializer=messages.UpdatePrioritiesRequest.FromString,
-            response_serializer=messages.UpdatePrioritiesResponse.SerializeToString,
+            messages.UpdatePrioritiesRequest,
+            messages.UpdatePrioritiesResponse.SerializeToString,
         ),
-        "GetInfo": grpc.unary_unary_rpc_method_handler(
-            servicer.GetInfo,
-            request_deserializer=messages.GetInfoRequest.FromString,
-            response_serializer=messages.GetInfoResponse.SerializeToString,
+        "GetInfo": _handler(
+            servicer.GetInfo, messages.GetInfoRequest, messages.GetInfoResponse.SerializeToString
         ),
-        "SaveSnapshot": grpc.unary_unary_rpc_method_handler(
+        "SaveSnapshot": _handler(
             servicer.SaveSnapshot,
-            request_deserializer=messages.SaveSnapshotRequest.FromString,
-            response_serializer=messages.SaveSnapshotResponse.SerializeToString,
+            messages.SaveSnapshotRequest,
+            messages.SaveSnapshotResponse.SerializeToString,
         ),
     }
     service = messages.DESCRIPTOR.services_by_name["ReplayService"]

@@ -14,6 +14,7 @@ class ReplayShardSettings(StrictModel):
     """Every knob of a replay shard; flags or APEXRL_REPLAY_* variables fill it (`apexrl replay --help`)."""
 
     host: str = Field("127.0.0.1", description="Interface the gRPC server binds.")
+    metrics_host: str | None = Field(None, description="Interface of the HTTP endpoint; None: host.")
     port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     metrics_port: int | None = Field(
         None,

@@ -81,7 +81,7 @@ class ReplayShard:
             self._http = HttpEndpoint(
                 self.metrics.registry,
                 lambda: not self._stopping.is_set(),
-                settings.host,
+                settings.metrics_host or settings.host,
                 settings.metrics_port,
             ).start()
         self._snapshotter: threading.Thread | None = None

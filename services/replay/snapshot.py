@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,11 @@ _MANIFEST = "manifest.json"
 _LEGACY_SEQUENCE_BITS = 40
 # About 10 ms of copying under the lock per chunk.
 DEFAULT_CHUNK_BYTES = 16 << 20
+# What reading a damaged archive raises: zipfile's errors, and what a flipped header bit
+# makes of an entry: an unsupported method or version (NotImplementedError, a RuntimeError),
+# encryption (RuntimeError), deflated data (zlib.error), an early end (EOFError). Each
+# becomes a ValueError naming the file, so a shard refuses it in one line.
+_READ_ERRORS = (OSError, EOFError, KeyError, ValueError, RuntimeError, zipfile.BadZipFile, zlib.error)
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,7 @@ def load_snapshot(path: Path) -> TableState:
     try:
         with zipfile.ZipFile(path) as archive:
             manifest = json.loads(archive.read(_MANIFEST))
-    except (OSError, zipfile.BadZipFile, KeyError, json.JSONDecodeError) as error:
+    except _READ_ERRORS as error:
         raise ValueError(f"cannot read replay snapshot {path}: {error}") from error
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else None
@@ -138,7 +144,7 @@ def load_snapshot(path: Path) -> TableState:
             with zipfile.ZipFile(path) as archive:
                 for index in range(chunk_count):
                     yield _read_chunk(archive, index, columns)
-        except (OSError, zipfile.BadZipFile, KeyError, ValueError) as error:
+        except _READ_ERRORS as error:
             raise ValueError(f"cannot read replay snapshot {path}: {error}") from error
 
     return TableState(counters, rows, chunks)

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from apexrl.learner.v1 import learner_pb2, learner_pb2_grpc
 from services.common.channels import create_channel
+from services.common.security import SecuritySettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -130,8 +131,16 @@ class Stopwatch:
 class ComposeStack:
     """One compose project of docker-compose.yml, on free host ports, named ``project``."""
 
-    def __init__(self, project: str, extra_environment: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        project: str,
+        extra_environment: Mapping[str, str] | None = None,
+        override_files: Sequence[Path] = (),
+        security: SecuritySettings | None = None,
+    ) -> None:
+        """``override_files`` go after docker-compose.yml; ``security``: how the test's client connects."""
         self.project = project
+        self._files = [COMPOSE_FILE, *override_files]
         self.command = compose_command()
         ports = free_ports(len(PORT_VARIABLES))
         self.ports = dict(zip(PORT_VARIABLES, ports, strict=True))
@@ -140,12 +149,15 @@ class ComposeStack:
             **{name: str(port) for name, port in self.ports.items()},
             **(extra_environment or {}),
         }
-        self._channel = create_channel(f"127.0.0.1:{self.ports['APEXRL_LEARNER_PORT']}")
+        self._channel = create_channel(
+            f"127.0.0.1:{self.ports['APEXRL_LEARNER_PORT']}", security=security or SecuritySettings()
+        )
         self._learner = learner_pb2_grpc.LearnerServiceStub(self._channel)
 
     def compose(self, *args: str, timeout_s: float = 300) -> str:
         """Runs a compose command on this project; AssertionError with its output if it fails."""
-        command = [*self.command, "-f", str(COMPOSE_FILE), "-p", self.project, *args]
+        files = [argument for path in self._files for argument in ("-f", str(path))]
+        command = [*self.command, *files, "-p", self.project, *args]
         result = subprocess.run(
             command,
             cwd=ROOT,

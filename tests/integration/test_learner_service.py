@@ -174,3 +174,22 @@ def test_health_and_metrics_are_served(learner: Learner) -> None:
         "apexrl_learner_evaluation_return",
     ):
         assert name in text
+
+
+def test_a_watch_names_an_unknown_actor_and_keeps_a_known_ones_registration_current(
+    learner: Learner, stub: learner_pb2_grpc.LearnerServiceStub
+) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        next(stub.WatchParameters(learner_pb2.WatchParametersRequest(actor_id=987), timeout=TIMEOUT_S))
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "actor 987 is not registered" in (refused.value.details() or "")
+    actor = stub.RegisterActor(
+        learner_pb2.RegisterActorRequest(role=learner_pb2.CLIENT_ROLE_ACTOR), timeout=TIMEOUT_S
+    )
+    stream = stub.WatchParameters(
+        learner_pb2.WatchParametersRequest(actor_id=actor.actor_id), timeout=TIMEOUT_S
+    )
+    pushed = next(stream)
+    stream.cancel()
+    [record] = [row for row in learner.registry.active() if row.actor_id == actor.actor_id]
+    assert record.parameter_version == pushed.version

@@ -38,7 +38,9 @@ class Watchers:
     """``WATCHERS`` open WatchParameters streams over ``CHANNELS`` aio channels, recording versions heard."""
 
     def __init__(self, address: str) -> None:
-        options = message_size_options(64 << 20)
+        # Channels of one process share a connection unless told not to; each stands for a
+        # client of its own, and a server admits 256 streams per connection.
+        options = [*message_size_options(64 << 20), ("grpc.use_local_subchannel_pool", 1)]
         self.channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(CHANNELS)]
         self.heard: list[list[int]] = [[] for _ in range(WATCHERS)]
         self.tasks: list[asyncio.Task[None]] = []
@@ -141,3 +143,40 @@ def test_a_thousand_watchers_hear_every_version_while_other_calls_answer_in_time
     heard, latencies, published = asyncio.run(scenario())
     assert all(versions == published for versions in heard), "a watcher missed or repeated a version"
     assert len(latencies) >= 4  # at least one round of the other clients' calls
+
+
+def test_one_client_connection_gets_at_most_256_concurrent_streams(learner: Learner) -> None:
+    """Streams past the cap are not served: the client holds them back or the server refuses them
+    (REFUSED_STREAM, UNAVAILABLE, which channels retry), never a 257th stream at once."""
+    cap, opened = 256, 300
+
+    async def scenario() -> tuple[int, set[str]]:
+        own_connection = [("grpc.use_local_subchannel_pool", 1)]
+        async with grpc.aio.insecure_channel(learner.address, options=own_connection) as channel:
+            stub = learner_pb2_grpc.LearnerServiceStub(channel)
+            heard = [False] * opened
+
+            async def watch(index: int) -> None:
+                call: Any = stub.WatchParameters(learner_pb2.WatchParametersRequest())
+                async for _reply in call:
+                    heard[index] = True
+
+            tasks = [asyncio.create_task(watch(index)) for index in range(opened)]
+            deadline = time.monotonic() + DELIVERY_BUDGET_S
+            while sum(heard) < cap:
+                assert time.monotonic() < deadline, f"only {sum(heard)} streams were served"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)  # time for a stream past the cap to be served, were it allowed
+            served = sum(heard)
+            outcomes = set()
+            for index, task in enumerate(tasks):
+                if not heard[index]:
+                    failure = task.exception() if task.done() else None
+                    outcomes.add("waiting" if failure is None else str(failure.code().name))  # type: ignore[attr-defined]
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            return served, outcomes
+
+    served, outcomes = asyncio.run(scenario())
+    assert served == cap
+    assert outcomes <= {"waiting", "UNAVAILABLE"}
