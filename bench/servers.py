@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2
 
+from bench.process_memory import memory_field
 from bench.workloads import Workload
 
 logger = logging.getLogger(__name__)
@@ -29,17 +30,6 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
-
-
-def _memory_field(pid: int, field: str) -> int:
-    """A ``VmRSS``/``VmHWM``-style line of /proc/PID/status, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            value, unit = line.split()[1:3]
-            if unit != "kB":
-                raise ValueError(f"unexpected unit {unit!r} in {line!r}")
-            return int(value) * 1024
-    raise ValueError(f"no {field} in /proc/{pid}/status")
 
 
 class ServerProcess:
@@ -83,11 +73,11 @@ class ServerProcess:
 
     def resident_bytes(self) -> int:
         """VmRSS: resident memory now."""
-        return _memory_field(self.pid, "VmRSS")
+        return memory_field(self.pid, "VmRSS")
 
     def peak_resident_bytes(self) -> int:
         """VmHWM: the most resident memory since the process started (or the last reset)."""
-        return _memory_field(self.pid, "VmHWM")
+        return memory_field(self.pid, "VmHWM")
 
     def reset_peak_resident_bytes(self) -> None:
         """Starts VmHWM again from the resident memory now (Linux: 5 to /proc/PID/clear_refs)."""

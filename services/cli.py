@@ -13,8 +13,11 @@ from services.actor.command import actor_command, evaluator_command
 from services.common.certificates import DEFAULT_NAMES, generate_secrets
 from services.common.health_probe import health_status
 from services.common.local_process import apply_child_settings
+from services.config_reference import PAGE, reference
+from services.evaluation.command import model_test_command
 from services.launcher.command import run_command
 from services.learner.command import learner_command
+from services.plotting.command import plot_command
 from services.replay.command import replay_command
 from services.replay.demo import run_demo
 
@@ -28,6 +31,8 @@ app.command("replay")(replay_command)
 app.command("learner")(learner_command)
 app.command("actor")(actor_command)
 app.command("evaluator")(evaluator_command)
+app.command("test")(model_test_command)
+app.command("plot")(plot_command)
 
 
 @app.command("demo")
@@ -67,6 +72,18 @@ def secrets_command(
     typer.echo(
         f"wrote {directory}; point the services at them: {variables} (or the --token-file, --tls-* flags)"
     )
+
+
+@app.command("config-reference")
+def config_reference_command(
+    write: Annotated[bool, typer.Option(help="Write docs/configuration.md instead of printing it.")] = False,
+) -> None:
+    """Print the configuration reference (every key, type, default, allowed values, meaning)."""
+    if write:
+        PAGE.write_text(reference(), encoding="utf-8")
+        typer.echo(f"wrote {PAGE}")
+    else:
+        typer.echo(reference(), nl=False)
 
 
 @app.command("health")

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 # Seconds between pulls while an evaluation runs; well below the learner's 30 s expiry.
 _HEARTBEAT_INTERVAL_S = 10.0
 # Evaluation episodes use their own seeds, the same for every version, so versions compare fairly.
-_EVALUATION_SEED_OFFSET = 1_000_000
+EVALUATION_SEED_OFFSET = 1_000_000
 
 
 def play_deterministic_episodes(
@@ -95,7 +95,7 @@ class Evaluator:
         environments = [environment] + [
             make_spec_environment(registration.spec) for _ in range(settings.episodes - 1)
         ]
-        seed = int(registration.spec.seed) + _EVALUATION_SEED_OFFSET
+        seed = int(registration.spec.seed) + EVALUATION_SEED_OFFSET
         self._actor_id = registration.actor_id
         evaluated: Parameters | None = None
         logger.info("evaluator running actor_id=%d episodes=%d", self._actor_id, settings.episodes)

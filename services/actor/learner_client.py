@@ -12,6 +12,7 @@ import torch
 from apexrl.learner.v1 import learner_pb2, learner_pb2_grpc
 from services.common import parameter_codec
 from services.common.channels import create_channel
+from services.common.security import SecuritySettings
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +32,16 @@ class Parameters:
 class LearnerClient:
     """Calls the learner; :meth:`register` keeps retrying until it succeeds or ``stop`` is set."""
 
-    def __init__(self, address: str, timeout_s: float = 10.0, max_backoff_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        timeout_s: float = 10.0,
+        max_backoff_s: float = 5.0,
+        security: SecuritySettings | None = None,
+    ) -> None:
+        """``security``: the process's (services/common/security.py) unless given."""
         self.address = address
-        self._channel = create_channel(address, default_timeout_s=timeout_s)
+        self._channel = create_channel(address, default_timeout_s=timeout_s, security=security)
         self._stub = learner_pb2_grpc.LearnerServiceStub(self._channel)
         self._timeout_s = timeout_s
         self._max_backoff_s = max_backoff_s

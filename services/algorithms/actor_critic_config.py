@@ -19,7 +19,7 @@ class ActorCriticNetworkConfig(StrictModel):
     config modules stay free of torch, for the launcher's sake.
     """
 
-    kind: Literal["mlp"] = "mlp"
+    kind: Literal["mlp"] = Field("mlp", description="Torso of the policy and critics (an MLP).")
     hidden_sizes: LayerWidths = Field((256, 256), description="The policy's hidden widths.")
     critic_hidden_sizes: LayerWidths = Field((256, 256), description="Each critic's hidden widths.")
 

@@ -44,7 +44,9 @@ LayerWidths = tuple[Annotated[int, Field(ge=1)], ...]
 class ActorConfig(StrictModel):
     """How each actor steps and sends experience."""
 
-    environments_per_actor: int = Field(4, ge=1, le=256)
+    environments_per_actor: int = Field(
+        4, ge=1, le=256, description="Environments each actor steps in lockstep (one forward pass for all)."
+    )
     insert_batch_size: int = Field(64, ge=1, le=65_536, description="Transitions per insert request.")
     parameter_refresh_steps: int = Field(200, ge=1, description="Actor steps between parameter pulls.")
     observation_compression: Literal["auto", "zstd", "none"] = Field(
@@ -63,9 +65,9 @@ class OffPolicyConfig(StrictModel):
     ``name``, networks, optimizer settings and exploration ladder.
     """
 
-    n_step: int = Field(3, ge=1, le=100)
+    n_step: int = Field(3, ge=1, le=100, description="Steps of reward in each transition's return.")
     discount: float = Field(0.99, ge=0, le=1, description="Per-step discount gamma.")
-    batch_size: int = Field(128, ge=1, le=16_384)
+    batch_size: int = Field(128, ge=1, le=16_384, description="Transitions per learner update.")
     batches_per_sample_request: int = Field(
         8, ge=1, le=64, description="Batches the learner draws per replay request (fewer, larger RPCs)."
     )
@@ -119,7 +121,7 @@ class EnvironmentConfig(StrictModel):
 
     id: str = Field("CartPole-v1", min_length=1, description="gymnasium id.")
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of gymnasium.make.")
-    frame_stack: int = Field(1, ge=1, le=16)
+    frame_stack: int = Field(1, ge=1, le=16, description="Last observations stacked into one (1: none).")
     atari: AtariConfig | None = Field(
         None, description="Atari preprocessing (ALE/... ids, needs the atari extra); none by default."
     )

@@ -18,6 +18,7 @@ from services.common.signals import install_stop_handlers
 from services.launcher.progress_view import ProgressView
 
 if TYPE_CHECKING:
+    from services.algorithms.experiment import ExperimentConfig
     from services.launcher.local_run import RunOutcome
 
 logger = logging.getLogger(__name__)
@@ -46,8 +47,52 @@ def _summary(console: Console, outcome: RunOutcome, solved_return: float | None)
             f"{verdict}: best evaluation return {best.mean_return:.1f} at parameter version "
             f"{best.parameter_version} after {status.elapsed_s:.0f} s"  # type: ignore[union-attr]
         )
-    console.print(f"run folder: {outcome.run_dir} (config.yaml, metrics.csv, tensorboard/, checkpoints/, ")
-    console.print("            best_model.safetensors, learning_curve.png, logs/)")
+    # Each line fits 80 columns whole (a long folder name gets a line of its own).
+    console.print(f"run folder: {outcome.run_dir}", soft_wrap=True, highlight=False)
+    console.print("  config.yaml, metrics.csv, learning_curve.png, best_model.safetensors,", highlight=False)
+    console.print("  checkpoints/, tensorboard/, logs/", highlight=False)
+    console.print(f"  continue it: apexrl run --resume {outcome.run_dir}", soft_wrap=True, highlight=False)
+
+
+class RunFolderError(ValueError):
+    """A run folder that does not fit the request (a new run in an old folder, a resume of nothing)."""
+
+
+def holds_a_run(folder: Path) -> bool:
+    return (folder / "config.yaml").exists() or (folder / "checkpoints").exists()
+
+
+def _choose_run(
+    config: str | None, overrides: list[str], run_dir: Path | None, resume: Path | None, shards: int
+) -> tuple[ExperimentConfig, Path]:
+    """The experiment and its folder: a new run in a new folder, or the run ``resume`` names."""
+    from services.launcher.local_run import default_run_dir
+
+    if resume is None:
+        experiment = load_experiment(config, overrides)
+        folder = run_dir or default_run_dir(experiment)
+        if holds_a_run(folder):
+            raise RunFolderError(
+                f"run folder {folder} already holds a run: continue it with `apexrl run --resume {folder}`, "
+                f"or give another --run-dir for a new run"
+            )
+        return experiment, folder
+    if config is not None:
+        raise RunFolderError(
+            f"--resume continues the run with its own config ({resume / 'config.yaml'}): drop {config!r} "
+            f"(--set still changes settings)"
+        )
+    if run_dir is not None and run_dir.resolve() != resume.resolve():
+        raise RunFolderError(f"--resume {resume} and --run-dir {run_dir} name different folders: give one")
+    if not (resume / "config.yaml").is_file():
+        raise RunFolderError(f"{resume} is not a run folder to resume: it has no config.yaml")
+    snapshots = sorted(resume.glob("replay-*.snapshot"))
+    if snapshots and len(snapshots) != shards:
+        raise RunFolderError(
+            f"{resume} was run with {len(snapshots)} replay shards (their snapshots are there): "
+            f"resume it with --shards {len(snapshots)}"
+        )
+    return load_experiment(str(resume / "config.yaml"), overrides), resume
 
 
 def _ensure_learning_curve(run_dir: Path, title: str) -> None:
@@ -69,7 +114,16 @@ def run_command(
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config value: section.key=value.")
     ] = None,
-    run_dir: Annotated[Path | None, typer.Option(help="Run folder; an existing one is resumed.")] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Folder of a new run (default: runs/ENV-TIME).")
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue the stopped run in this folder: its config, checkpoint and replay snapshots; "
+            "counters and budgets go on from where it stopped (--set may raise a budget)."
+        ),
+    ] = None,
     secure: Annotated[
         bool,
         typer.Option(
@@ -81,18 +135,17 @@ def run_command(
 ) -> None:
     """Train on this machine: replay shards, learner, evaluator and actors as local processes."""
     from services.launcher.children import RunFailedError
-    from services.launcher.local_run import default_run_dir, run_locally
+    from services.launcher.local_run import run_locally
     from services.launcher.prechecks import PrecheckError, check_experiment  # torch, gymnasium
 
     console = Console()
     try:
-        experiment = load_experiment(config, overrides or [])
+        experiment, folder = _choose_run(config, overrides or [], run_dir, resume, shards)
         # Before any process or folder: what would stop the learner is said here, in one line.
         check_experiment(experiment)
-    except (ConfigError, FileNotFoundError, PrecheckError) as error:
+    except (ConfigError, FileNotFoundError, PrecheckError, RunFolderError) as error:
         console.print(f"apexrl run: {error}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    folder = run_dir or default_run_dir(experiment)
     _log_to_file(folder / "logs" / "launcher.log", log_level)
     if secure:
         # The children inherit the settings through the environment (file paths only).

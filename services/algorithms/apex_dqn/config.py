@@ -15,7 +15,9 @@ from services.common.experiment import LayerWidths, OffPolicyConfig
 class DqnNetworkConfig(StrictModel):
     """The Q network: torso family, hidden widths, dueling head."""
 
-    kind: Literal["mlp", "nature_cnn"] = "mlp"
+    kind: Literal["mlp", "nature_cnn"] = Field(
+        "mlp", description="Torso: an MLP, or the Nature CNN for stacked 84x84 frames."
+    )
     hidden_sizes: LayerWidths = Field((256, 256), description="Fully connected widths after the torso.")
     dueling: bool = Field(True, description="Value and advantage streams (Wang et al. 2016).")
 
@@ -37,8 +39,12 @@ class DqnNetworkConfig(StrictModel):
 class EpsilonLadderConfig(StrictModel):
     """The epsilon ladder: actor rung r acts with epsilon = base ** (1 + exponent * f(r)), f in [0, 1)."""
 
-    base_epsilon: float = Field(0.4, gt=0, le=1)
-    exponent: float = Field(7.0, ge=0)
+    base_epsilon: float = Field(0.4, gt=0, le=1, description="epsilon of the first rung (Ape-X: 0.4).")
+    exponent: float = Field(
+        7.0,
+        ge=0,
+        description="Rungs explore with base_epsilon^(1 + exponent * f), f in [0, 1) filled in rung by rung.",
+    )
 
 
 class ApexDqnConfig(OffPolicyConfig):
@@ -46,11 +52,11 @@ class ApexDqnConfig(OffPolicyConfig):
 
     wire_algorithm: ClassVar[learner_pb2.Algorithm.ValueType] = learner_pb2.ALGORITHM_APEX_DQN
 
-    name: Literal["apex_dqn"] = "apex_dqn"
-    learning_rate: float = Field(1e-3, gt=0, le=1)
-    adam_epsilon: float = Field(1.5e-4, gt=0)
+    name: Literal["apex_dqn"] = Field("apex_dqn", description="The algorithm family.")
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam's step size.")
+    adam_epsilon: float = Field(1.5e-4, gt=0, description="Adam's epsilon.")
     target_update_interval: int = Field(250, ge=1, description="Updates between target network copies.")
-    gradient_clip_norm: float = Field(10.0, gt=0)
-    huber_delta: float = Field(1.0, gt=0)
+    gradient_clip_norm: float = Field(10.0, gt=0, description="Gradients are clipped to this global norm.")
+    huber_delta: float = Field(1.0, gt=0, description="TD errors beyond this are penalized linearly.")
     network: DqnNetworkConfig = DqnNetworkConfig()
     exploration: EpsilonLadderConfig = EpsilonLadderConfig()

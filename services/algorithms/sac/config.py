@@ -42,10 +42,12 @@ class SacConfig(OffPolicyConfig):
 
     wire_algorithm: ClassVar[learner_pb2.Algorithm.ValueType] = learner_pb2.ALGORITHM_SAC
 
-    name: Literal["sac"] = "sac"
-    policy_learning_rate: float = Field(1e-3, gt=0, le=1)
-    critic_learning_rate: float = Field(1e-3, gt=0, le=1)
-    temperature_learning_rate: float = Field(1e-3, gt=0, le=1)
+    name: Literal["sac"] = Field("sac", description="The algorithm family.")
+    policy_learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam's step size for the policy.")
+    critic_learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam's step size for the critics.")
+    temperature_learning_rate: float = Field(
+        1e-3, gt=0, le=1, description="Adam's step size for the entropy temperature."
+    )
     target_update_rate: float = Field(0.005, gt=0, le=1, description="tau of the polyak target updates.")
     initial_temperature: float = Field(1.0, gt=0, description="alpha before learning (SB3's 'auto' too).")
     target_entropy: float | None = Field(

@@ -41,9 +41,9 @@ class Td3Config(OffPolicyConfig):
 
     wire_algorithm: ClassVar[learner_pb2.Algorithm.ValueType] = learner_pb2.ALGORITHM_TD3
 
-    name: Literal["td3"] = "td3"
-    policy_learning_rate: float = Field(1e-3, gt=0, le=1)
-    critic_learning_rate: float = Field(1e-3, gt=0, le=1)
+    name: Literal["td3"] = Field("td3", description="The algorithm family.")
+    policy_learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam's step size for the policy.")
+    critic_learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam's step size for the critics.")
     target_update_rate: float = Field(0.005, gt=0, le=1, description="tau of the polyak target updates.")
     policy_delay: int = Field(2, ge=1, description="Critic updates per policy and target update.")
     target_noise: float = Field(0.2, ge=0, description="Std of the target policy smoothing noise (unit).")

@@ -1,0 +1,157 @@
+"""The configuration reference (docs/configuration.md), generated from the config models themselves.
+
+``apexrl config-reference`` prints it; ``--write`` writes docs/configuration.md, and a
+test fails when the checked-in page differs from what the models say, so the page
+cannot fall behind the schema. Every setting must carry a description.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from services.algorithms.apex_dqn.config import ApexDqnConfig
+from services.algorithms.experiment import ExperimentConfig
+from services.algorithms.sac.config import SacConfig
+from services.algorithms.td3.config import Td3Config
+
+FAMILIES: tuple[type[BaseModel], ...] = (ApexDqnConfig, Td3Config, SacConfig)
+_BOUNDS = ((Ge, "ge", ">="), (Gt, "gt", ">"), (Le, "le", "<="), (Lt, "lt", "<"))
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    candidates = typing.get_args(annotation) or (annotation,)
+    return [item for item in candidates if isinstance(item, type) and issubclass(item, BaseModel)]
+
+
+def _type_name(annotation: Any) -> str:  # noqa: PLR0911 - one return per kind of annotation
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return "one of " + ", ".join(f"`{json.dumps(value)}`" for value in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(item) for item in typing.get_args(annotation))
+    if origin is typing.Annotated:
+        return _type_name(typing.get_args(annotation)[0])
+    if origin in (tuple, list):
+        items = [item for item in typing.get_args(annotation) if item is not Ellipsis]
+        return f"list of {_type_name(items[0])}" if items else "list"
+    if origin is dict:
+        return "mapping"
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _limits(metadata: Any, prefix: str = "") -> list[str]:
+    limits = [
+        f"{prefix}{symbol} {getattr(metadata, attribute)}"
+        for kind, attribute, symbol in _BOUNDS
+        if isinstance(metadata, kind)
+    ]
+    if isinstance(metadata, MinLen):
+        limits.append(f"length >= {metadata.min_length}")
+    if isinstance(metadata, MaxLen):
+        limits.append(f"length <= {metadata.max_length}")
+    return limits
+
+
+def _allowed(field: FieldInfo) -> str:
+    limits = [limit for metadata in field.metadata for limit in _limits(metadata)]
+    for item in typing.get_args(field.annotation):  # limits on the items of a list
+        for metadata in getattr(item, "__metadata__", ()):
+            for inner in getattr(metadata, "metadata", [metadata]):
+                limits += _limits(inner, "each ")
+    return ", ".join(limits)
+
+
+def _default(field: FieldInfo) -> str:
+    if field.default_factory is not None:
+        value: Any = field.default_factory()  # type: ignore[call-arg]
+    elif field.default is PydanticUndefined:
+        return "required"
+    else:
+        value = field.default
+    if isinstance(value, BaseModel):
+        return "(section)"
+    return f"`{json.dumps(value.tolist() if hasattr(value, 'tolist') else value, default=str)}`"
+
+
+def rows(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, str, str, str, str]]:
+    """(key, type, default, allowed, meaning) of every setting under ``model``; ValueError if one is
+    undescribed."""
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        nested = _models_in(field.annotation)
+        if nested and len(nested) == 1:
+            if field.default is None:  # an optional section, absent unless given
+                yield key, "section or null", "`null`", "", field.description or ""
+            yield from rows(nested[0], key + ".")
+            continue
+        if not field.description:
+            raise ValueError(f"the setting {key} has no description: give its Field a description")
+        yield key, _type_name(field.annotation), _default(field), _allowed(field), field.description
+
+
+def _summary(model: type[BaseModel]) -> str:
+    return (model.__doc__ or "").strip().splitlines()[0]
+
+
+def _table(model: type[BaseModel], prefix: str) -> list[str]:
+    lines = ["| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
+    for key, kind, default, allowed, meaning in rows(model, prefix):
+        lines.append(f"| `{key}` | {kind} | {default} | {allowed} | {meaning} |")
+    return lines
+
+
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+
+
+def reference() -> str:
+    """The whole page, as markdown."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated by `apexrl config-reference --write` from the config models; a test fails",
+        "when this page and the models disagree. An experiment file has three sections;",
+        "`--set section.key=value` overrides any key (a preset or file names the rest).",
+        "",
+    ]
+    for name, field in ExperimentConfig.model_fields.items():
+        if name == "algorithm":
+            continue
+        model = _models_in(field.annotation)[0]
+        lines += [
+            f"## `{name}`",
+            "",
+            _summary(model),
+            "",
+            *_table(model, name + "."),
+            "",
+        ]
+    lines += [
+        "## `algorithm`",
+        "",
+        "`algorithm.name` chooses the family; each family has its own keys. Keys shared by every",
+        "off-policy family (n-step returns, prioritized replay, publishing, the actors) are",
+        "listed under each.",
+        "",
+    ]
+    for family in FAMILIES:
+        family_name = family.model_fields["name"].default
+        lines += [
+            f"### `algorithm.name: {family_name}`",
+            "",
+            _summary(family),
+            "",
+        ]
+        lines += [*_table(family, "algorithm."), ""]
+    return "\n".join(lines).rstrip() + "\n"

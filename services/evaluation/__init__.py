@@ -1,0 +1,1 @@
+"""``apexrl test``: deterministic episodes with a saved model, their statistics, videos and rendering."""

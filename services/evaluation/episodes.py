@@ -1,0 +1,71 @@
+"""Deterministic episodes with their returns and lengths, and the statistics of several."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from services.algorithms.interface import ActingPolicy
+from services.evaluation.recording import VideoWriter
+
+
+@dataclass(frozen=True)
+class Episode:
+    seed: int
+    episode_return: float  # undiscounted, the environment's own rewards
+    length: int  # steps
+
+
+@dataclass(frozen=True)
+class Statistics:
+    mean: float
+    std: float  # of the values themselves (ddof 0)
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Statistics:
+        array = np.asarray(values, dtype=np.float64)
+        return cls(float(array.mean()), float(array.std()), float(array.min()), float(array.max()))
+
+
+def play_episodes(
+    policy: ActingPolicy,
+    environments: Sequence[gym.Env[Any, Any]],
+    seeds: Sequence[int],
+    max_steps: int | None = None,
+    videos: Sequence[VideoWriter] | None = None,
+) -> list[Episode]:
+    """One deterministic episode per environment (environment i reset with ``seeds[i]``), in lockstep.
+
+    Each step is one forward pass over the episodes still running, as the evaluator plays
+    them. An episode ends when its environment terminates or truncates it, or after
+    ``max_steps`` steps. ``videos[i]`` gets environment i's rendered frame after the reset
+    and after each step.
+    """
+    observations = [
+        environment.reset(seed=seed)[0] for environment, seed in zip(environments, seeds, strict=True)
+    ]
+    if videos is not None:
+        for video, environment in zip(videos, environments, strict=True):
+            video.add(environment.render())
+    returns = [0.0] * len(environments)
+    lengths = [0] * len(environments)
+    running = list(range(len(environments)))
+    while running:
+        actions = policy.act_deterministic(np.stack([observations[i] for i in running]))
+        still_running = []
+        for i, action in zip(running, actions, strict=True):
+            observations[i], reward, terminated, truncated, _ = environments[i].step(action)
+            returns[i] += float(reward)
+            lengths[i] += 1
+            if videos is not None:
+                videos[i].add(environments[i].render())
+            if not (terminated or truncated or (max_steps is not None and lengths[i] >= max_steps)):
+                still_running.append(i)
+        running = still_running
+    return [Episode(seed, returns[i], lengths[i]) for i, seed in enumerate(seeds)]

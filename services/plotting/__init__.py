@@ -1,0 +1,1 @@
+"""Learning curves of run folders from their ``metrics.csv``: ``apexrl plot`` and ``learning_curve.png``."""
