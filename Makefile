@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt --config-settings editable_mode=compat -e '.[train,atari,mujoco,video,dev,bench]'
+	$(PY) -m pip install --quiet -c constraints.txt --config-settings editable_mode=compat -e '.[train,atari,mujoco,video,datasets,dev,bench]'
 	touch $@
 
 # Generated code is never committed: it is produced here, by the grpcio-tools that

@@ -14,6 +14,7 @@ from services.common.certificates import DEFAULT_NAMES, generate_secrets
 from services.common.health_probe import health_status
 from services.common.local_process import apply_child_settings
 from services.config_reference import PAGE, reference
+from services.datasets.command import collect_command
 from services.evaluation.command import model_test_command
 from services.launcher.command import run_command
 from services.learner.command import learner_command
@@ -33,6 +34,7 @@ app.command("actor")(actor_command)
 app.command("evaluator")(evaluator_command)
 app.command("test")(model_test_command)
 app.command("plot")(plot_command)
+app.command("collect")(collect_command)
 
 
 @app.command("demo")

@@ -8,7 +8,8 @@ import threading
 import time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -28,6 +29,9 @@ from services.algorithms.wire import exploration_from_wire
 from services.common.encoded import Column, compress
 from services.common.environments import AtariSettings, environment_spec, make_environment
 from services.common.sharded_replay import InsertRefusedError, ReplayUnavailableError, ShardedReplayClient
+
+if TYPE_CHECKING:
+    from services.datasets.actor_stream import EpisodeStream
 
 logger = logging.getLogger(__name__)
 
@@ -286,13 +290,28 @@ class Outbox:
         )
 
 
+@dataclass(frozen=True)
+class DatasetSettings:
+    """Where an actor writes the episodes it plays (``apexrl actor --dataset-dir``), and how many."""
+
+    directory: Path
+    max_episodes: int
+
+
 class Actor:
     """One actor process; survives the learner or any shard going away and coming back."""
 
-    def __init__(self, learner: LearnerClient, client_name: str, metrics: ActorMetrics) -> None:
+    def __init__(
+        self,
+        learner: LearnerClient,
+        client_name: str,
+        metrics: ActorMetrics,
+        dataset: DatasetSettings | None = None,
+    ) -> None:
         self._learner = learner
         self._client_name = client_name
         self._metrics = metrics
+        self._dataset = dataset
         torch.set_num_threads(1)
 
     def run(self, stop: threading.Event) -> None:
@@ -316,6 +335,7 @@ class Actor:
             session.seed,
             clip_rewards=spec.atari.clip_rewards,
             terminal_on_life_loss=spec.atari.terminal_on_life_loss,
+            episodes=self._episode_stream(spec, session, first_environment),
         )
         replay = ShardedReplayClient(list(registration.replay_addresses), seed=session.seed)
         compressed = OBSERVATION_COLUMNS if settings.observation_codec != tensor_pb2.CODEC_UNSPECIFIED else ()
@@ -343,6 +363,45 @@ class Actor:
             rollout.close()
             replay.close()
             logger.info("actor stopped steps=%d", session.steps)
+
+    def _episode_stream(
+        self, spec: learner_pb2.ExperimentSpec, session: _Session, environment: Any
+    ) -> EpisodeStream | None:
+        """The dataset of this actor's episodes, where it was asked to write one."""
+        if self._dataset is None:
+            return None
+        from services.datasets.actor_stream import EpisodeStream, new_dataset_folder  # noqa: PLC0415 (minari)
+
+        path = new_dataset_folder(self._dataset.directory, session.actor_id)
+        metadata = {
+            "algorithm_name": f"apexrl {family_for_wire(spec.algorithm).name}",
+            "description": f"Episodes of {spec.environment_id} played by apexrl actor {session.actor_id} "
+            f"while training, exploring by {session.exploration.kind} {session.exploration.value:g}",
+            "apexrl": {
+                "source": "actor",
+                "actor_id": session.actor_id,
+                "client_name": self._client_name,
+                "experiment_spec": json_format.MessageToDict(spec),
+            },
+        }
+
+        def context() -> dict[str, Any]:
+            return {
+                "actor_id": session.actor_id,
+                "parameter_version": session.version,
+                "parameter_lineage": session.lineage,
+                "exploration": session.exploration.value,
+            }
+
+        return EpisodeStream(
+            path,
+            environment,
+            spec.environment_id,
+            metadata,
+            self._metrics,
+            context,
+            self._dataset.max_episodes,
+        )
 
     def _loop(
         self, stop: threading.Event, session: _Session, rollout: Rollout, outbox: Outbox, refresh_steps: int

@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,6 +22,9 @@ from services.common.security import (
     configure_from_flags,
 )
 from services.common.signals import exit_without_teardown, install_stop_handlers
+
+if TYPE_CHECKING:
+    from services.actor.actor import DatasetSettings
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +42,14 @@ MetricsHostOption = Annotated[
 LogLevelOption = Annotated[str, typer.Option(envvar="APEXRL_LOG_LEVEL", help="Logging level.")]
 
 
-def _serve(role: str, learner: str, metrics_port: int | None, metrics_host: str, log_level: str) -> None:
+def _serve(
+    role: str,
+    learner: str,
+    metrics_port: int | None,
+    metrics_host: str,
+    log_level: str,
+    dataset: DatasetSettings | None = None,
+) -> None:
     # torch and gymnasium: imported only by the roles that use them.
     from services.actor.actor import Actor
     from services.actor.evaluator import Evaluator
@@ -52,7 +62,7 @@ def _serve(role: str, learner: str, metrics_port: int | None, metrics_host: str,
     worker: Actor | Evaluator
     if role == "actor":
         actor_metrics = ActorMetrics()
-        registry, worker = actor_metrics.registry, Actor(client, name, actor_metrics)
+        registry, worker = actor_metrics.registry, Actor(client, name, actor_metrics, dataset)
     else:
         evaluator_metrics = EvaluatorMetrics()
         registry, worker = evaluator_metrics.registry, Evaluator(client, name, evaluator_metrics)
@@ -94,10 +104,36 @@ def actor_command(
     tls_key: TlsKeyOption = None,
     tls_ca: TlsCaOption = None,
     log_level: LogLevelOption = "INFO",
+    dataset_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=_ENV + "DATASET_DIR",
+            help="Also write the episodes this actor plays, exploring, as a Minari dataset in this "
+            "folder (actor-ID); needs apexrl[datasets].",
+        ),
+    ] = None,
+    dataset_max_episodes: Annotated[
+        int,
+        typer.Option(
+            envvar=_ENV + "DATASET_MAX_EPISODES", min=1, help="Episodes after which the dataset stops."
+        ),
+    ] = 10_000,
 ) -> None:
     """Run an actor: act in environments, stream prioritized n-step transitions to the replay."""
     _secured(token_file, tls_cert, tls_key, tls_ca)
-    _serve("actor", learner, metrics_port, metrics_host, log_level)
+    dataset = None
+    if dataset_dir is not None:
+        from services.actor.actor import DatasetSettings
+        from services.datasets.writer import DatasetError, require_minari
+
+        try:
+            require_minari()
+            dataset_dir.mkdir(parents=True, exist_ok=True)
+        except (DatasetError, OSError) as error:
+            typer.echo(f"apexrl actor: --dataset-dir {dataset_dir}: {error}", err=True)
+            raise typer.Exit(2) from None
+        dataset = DatasetSettings(dataset_dir, dataset_max_episodes)
+    _serve("actor", learner, metrics_port, metrics_host, log_level, dataset)
 
 
 def evaluator_command(

@@ -8,6 +8,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 DROP_REFUSED = "refused"
 DROP_OUTBOX_FULL = "outbox_full"
 DROP_REASONS = (DROP_REFUSED, DROP_OUTBOX_FULL)
+# What became of an episode meant for the actor's dataset: apexrl_actor_dataset_episodes' label.
+DATASET_WRITTEN = "written"
+DATASET_DROPPED = "dropped"
 
 
 class ActorMetrics:
@@ -44,6 +47,15 @@ class ActorMetrics:
         self.parameter_lag = Gauge(
             "apexrl_actor_parameter_lag", "Versions the actor was behind at its last pull.", registry=registry
         )
+        self.dataset_episodes = Counter(
+            "apexrl_actor_dataset_episodes",
+            "Episodes of the actor's own dataset (with --dataset-dir): written, or dropped while "
+            "earlier ones were still being written, or after a write failed or the limit was reached.",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in (DATASET_WRITTEN, DATASET_DROPPED):
+            self.dataset_episodes.labels(outcome)
         self.exploration = Gauge(
             "apexrl_actor_exploration",
             "This actor's exploration setting: epsilon (Ape-X DQN), noise scale (TD3) or temperature (SAC).",

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
 from numpy.typing import NDArray
 
 from services.actor.n_step import Columns, NStepBuilder
+
+if TYPE_CHECKING:
+    from services.datasets.actor_stream import EpisodeStream
 
 
 @dataclass
@@ -26,6 +29,7 @@ class Rollout:
     never the episodes or their returns: ``clip_rewards`` gives it ``sign(reward)``, and
     ``terminal_on_life_loss`` marks a step terminal when ``info["lives"]`` drops, so no
     return bootstraps across a lost life, while the game goes on without a reset.
+    ``episodes``, where given, records the episodes as they are played, for a dataset.
     """
 
     def __init__(
@@ -35,8 +39,10 @@ class Rollout:
         seed: int,
         clip_rewards: bool = False,
         terminal_on_life_loss: bool = False,
+        episodes: EpisodeStream | None = None,
     ) -> None:
         self._environments = environments
+        self._episodes = episodes
         self._builder = builder
         self._clip_rewards = clip_rewards
         self._terminal_on_life_loss = terminal_on_life_loss
@@ -44,6 +50,8 @@ class Rollout:
         self.stats = EpisodeStats()
         resets = [env.reset(seed=seed + index) for index, env in enumerate(environments)]
         self.observations = np.stack([observation for observation, _ in resets])
+        if episodes is not None:
+            episodes.begin(self.observations, [seed + index for index in range(len(environments))])
         # Lives left in each game (read only with terminal_on_life_loss); NaN: none reported, never a loss.
         self._lives = np.full(len(environments), np.nan)
         if terminal_on_life_loss:
@@ -76,6 +84,8 @@ class Rollout:
             truncated,
         )
         self._returns += rewards
+        if self._episodes is not None:
+            self._episodes.step(actions, rewards, terminated, truncated, next_observations)
         following = next_observations.copy()
         for index in np.flatnonzero(ended):
             self.stats.episodes += 1
@@ -84,6 +94,8 @@ class Rollout:
             following[index], info = self._environments[index].reset()
             if self._terminal_on_life_loss:
                 self._lives[index] = _lives(info)
+            if self._episodes is not None:
+                self._episodes.restart(int(index), following[index])
         self.observations = following
         return transitions
 
@@ -93,6 +105,8 @@ class Rollout:
     def close(self) -> None:
         for environment in self._environments:
             environment.close()
+        if self._episodes is not None:
+            self._episodes.close()
 
 
 def _lives(info: dict[str, Any]) -> float:

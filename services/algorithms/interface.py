@@ -8,7 +8,7 @@ names to families. A new algorithm is a new folder and a line there.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 import numpy as np
@@ -36,10 +36,16 @@ class ExplorationSetting:
 
 @dataclass(frozen=True)
 class UpdateResult:
-    """One update's outcome: the loss the priorities come from, and the batch's new priorities."""
+    """One update's outcome: the loss the priorities come from, and the batch's new priorities.
+
+    ``diagnostics`` are the family's other training signals (TD3's and SAC's policy loss,
+    SAC's temperature ...) as detached 0-dim tensors: the learner reads them only when it
+    logs a row, so an update never waits on the device for them.
+    """
 
     loss: float
     priorities: NDArray[np.float64]
+    diagnostics: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
 
 class LearnerCore(Protocol):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, TransformObservation
+from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 from numpy.typing import NDArray
 
 
@@ -84,16 +84,33 @@ def _make_atari(
 
 
 def _stack_frames(environment: gym.Env[Any, Any], frame_stack: int) -> gym.Env[Any, Any]:
-    environment = FrameStackObservation(environment, frame_stack)
-    stacked = environment.observation_space
-    assert isinstance(stacked, gym.spaces.Box)
-    # FrameStackObservation stacks on a new first axis; images want it last ([H, W, frames]).
-    low, high = np.moveaxis(stacked.low, 0, -1), np.moveaxis(stacked.high, 0, -1)
-    return TransformObservation(
-        environment,
-        lambda observation: np.moveaxis(observation, 0, -1),
-        gym.spaces.Box(low=low, high=high, dtype=stacked.dtype),
-    )
+    return LastAxisFrameStack(environment, frame_stack)
+
+
+class LastAxisFrameStack(FrameStackObservation[Any, Any, Any]):
+    """gymnasium's ``FrameStackObservation`` with the frames on the last axis (``[H, W, frames]``).
+
+    A class of its own rather than a transform of the stack, so that the environment's spec
+    names it by entry point: ``gym.make(spec)`` (a Minari dataset's recovered environment)
+    builds the same observations again.
+    """
+
+    def __init__(self, env: gym.Env[Any, Any], stack_size: int, *, padding_type: str = "reset") -> None:
+        super().__init__(env, stack_size, padding_type=padding_type)
+        stacked = self.observation_space
+        assert isinstance(stacked, gym.spaces.Box)
+        low, high = np.moveaxis(stacked.low, 0, -1), np.moveaxis(stacked.high, 0, -1)
+        self.observation_space = gym.spaces.Box(low=low, high=high, dtype=stacked.dtype)
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        observation, reward, terminated, truncated, info = super().step(action)
+        return np.moveaxis(observation, 0, -1), reward, terminated, truncated, info
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        observation, info = super().reset(seed=seed, options=options)
+        return np.moveaxis(observation, 0, -1), info
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from numpy.typing import NDArray
 
 from services.algorithms.interface import ActingPolicy
+from services.datasets.episodes import EpisodeTrace, RecordedEpisode
 from services.evaluation.recording import VideoWriter
 
 
@@ -18,6 +20,7 @@ class Episode:
     seed: int
     episode_return: float  # undiscounted, the environment's own rewards
     length: int  # steps
+    recorded: RecordedEpisode | None = None  # every step, where asked for
 
 
 @dataclass(frozen=True)
@@ -39,17 +42,22 @@ def play_episodes(
     seeds: Sequence[int],
     max_steps: int | None = None,
     videos: Sequence[VideoWriter] | None = None,
+    act: Callable[[NDArray[Any]], NDArray[Any]] | None = None,
+    record: bool = False,
 ) -> list[Episode]:
-    """One deterministic episode per environment (environment i reset with ``seeds[i]``), in lockstep.
+    """One episode per environment (environment i reset with ``seeds[i]``), in lockstep.
 
     Each step is one forward pass over the episodes still running, as the evaluator plays
-    them. An episode ends when its environment terminates or truncates it, or after
-    ``max_steps`` steps. ``videos[i]`` gets environment i's rendered frame after the reset
-    and after each step.
+    them: ``act``, by default the policy's deterministic actions. An episode ends when its
+    environment terminates or truncates it, or after ``max_steps`` steps (recorded as a
+    truncation). ``videos[i]`` gets environment i's rendered frame after the reset and after
+    each step; ``record`` keeps every step of each episode in ``Episode.recorded``.
     """
+    act = act or policy.act_deterministic
     observations = [
         environment.reset(seed=seed)[0] for environment, seed in zip(environments, seeds, strict=True)
     ]
+    traces = [EpisodeTrace(observation, seed) for observation, seed in zip(observations, seeds, strict=True)]
     if videos is not None:
         for video, environment in zip(videos, environments, strict=True):
             video.add(environment.render())
@@ -57,15 +65,20 @@ def play_episodes(
     lengths = [0] * len(environments)
     running = list(range(len(environments)))
     while running:
-        actions = policy.act_deterministic(np.stack([observations[i] for i in running]))
+        actions = act(np.stack([observations[i] for i in running]))
         still_running = []
         for i, action in zip(running, actions, strict=True):
             observations[i], reward, terminated, truncated, _ = environments[i].step(action)
             returns[i] += float(reward)
             lengths[i] += 1
+            if record:
+                traces[i].add(action, float(reward), terminated, truncated, observations[i])
             if videos is not None:
                 videos[i].add(environments[i].render())
             if not (terminated or truncated or (max_steps is not None and lengths[i] >= max_steps)):
                 still_running.append(i)
         running = still_running
-    return [Episode(seed, returns[i], lengths[i]) for i, seed in enumerate(seeds)]
+    return [
+        Episode(seed, returns[i], lengths[i], traces[i].finish(truncated=True) if record else None)
+        for i, seed in enumerate(seeds)
+    ]

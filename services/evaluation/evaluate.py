@@ -118,7 +118,7 @@ def prepare(request: EvaluationRequest) -> Prepared:
     model = read_model(find_model(request.target, request.model, request.checkpoint))
     trained = model_config(model)
     config = model_config(model, request.overrides) if request.overrides else trained
-    probe = _make(config, None)
+    probe = make_config_environment(config, None)
     try:
         environment = environment_spec(probe)
         modes = list(probe.metadata.get("render_modes") or [])
@@ -155,7 +155,7 @@ def prepare(request: EvaluationRequest) -> Prepared:
     return Prepared(model, config, policy, seeds, render_mode, suffix, fps)
 
 
-def _make(config: ExperimentConfig, render_mode: str | None) -> gym.Env[Any, Any]:
+def make_config_environment(config: ExperimentConfig, render_mode: str | None) -> gym.Env[Any, Any]:
     """The config's environment, rendering in ``render_mode`` (whatever its options say)."""
     environment = config.environment
     options = {key: value for key, value in environment.options.items() if key != "render_mode"}
@@ -182,7 +182,7 @@ def evaluate_model(
     played: list[Episode] = []
     videos: list[Path] = []
     for group in groups:
-        environments = [_make(prepared.config, prepared.render_mode) for _ in group]
+        environments = [make_config_environment(prepared.config, prepared.render_mode) for _ in group]
         writers: list[VideoWriter] | None = None
         if request.record is not None:
             writers = [

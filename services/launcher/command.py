@@ -15,6 +15,7 @@ from services.common.certificates import generate_secrets
 from services.common.config import ConfigError
 from services.common.security import configure
 from services.common.signals import install_stop_handlers
+from services.launcher.local_run import DATASETS
 from services.launcher.progress_view import ProgressView
 
 if TYPE_CHECKING:
@@ -50,7 +51,8 @@ def _summary(console: Console, outcome: RunOutcome, solved_return: float | None)
     # Each line fits 80 columns whole (a long folder name gets a line of its own).
     console.print(f"run folder: {outcome.run_dir}", soft_wrap=True, highlight=False)
     console.print("  config.yaml, metrics.csv, learning_curve.png, best_model.safetensors,", highlight=False)
-    console.print("  checkpoints/, tensorboard/, logs/", highlight=False)
+    datasets = ", datasets/" if (outcome.run_dir / DATASETS).is_dir() else ""
+    console.print(f"  checkpoints/, tensorboard/, logs/{datasets}", highlight=False)
     console.print(f"  continue it: apexrl run --resume {outcome.run_dir}", soft_wrap=True, highlight=False)
 
 
@@ -131,9 +133,17 @@ def run_command(
             "written to the run folder's secrets/."
         ),
     ] = False,
+    record_actors: Annotated[
+        bool,
+        typer.Option(
+            help="Each actor also writes the episodes it plays, exploring, as a Minari dataset in the "
+            "run folder's datasets/ (needs apexrl[datasets])."
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option(help="Level of the launcher's own log file.")] = "INFO",
 ) -> None:
     """Train on this machine: replay shards, learner, evaluator and actors as local processes."""
+    from services.datasets.writer import DatasetError, require_minari
     from services.launcher.children import RunFailedError
     from services.launcher.local_run import run_locally
     from services.launcher.prechecks import PrecheckError, check_experiment  # torch, gymnasium
@@ -143,7 +153,9 @@ def run_command(
         experiment, folder = _choose_run(config, overrides or [], run_dir, resume, shards)
         # Before any process or folder: what would stop the learner is said here, in one line.
         check_experiment(experiment)
-    except (ConfigError, FileNotFoundError, PrecheckError, RunFolderError) as error:
+        if record_actors:
+            require_minari()
+    except (ConfigError, DatasetError, FileNotFoundError, PrecheckError, RunFolderError) as error:
         console.print(f"apexrl run: {error}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     _log_to_file(folder / "logs" / "launcher.log", log_level)
@@ -154,7 +166,7 @@ def run_command(
     stop = install_stop_handlers()
     view = ProgressView(console, experiment)
     try:
-        outcome = run_locally(experiment, folder, actors, shards, stop, view)
+        outcome = run_locally(experiment, folder, actors, shards, stop, view, record_actors)
     except RunFailedError as error:
         logger.error("run failed: %s", error)
         # The part's own words may hold brackets; they are not markup.

@@ -7,7 +7,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +38,10 @@ class RunOutcome:
     interrupted: bool
 
 
+# The run folder's folder of the actors' datasets (apexrl run --record-actors).
+DATASETS = "datasets"
+
+
 def default_run_dir(config: ExperimentConfig, root: Path = Path("runs")) -> Path:
     return root / f"{config.environment.id}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -45,7 +49,9 @@ def default_run_dir(config: ExperimentConfig, root: Path = Path("runs")) -> Path
 class LocalRun:
     """Starts every role, supervises them, shows progress and stops them in order."""
 
-    def __init__(self, config: ExperimentConfig, run_dir: Path, actors: int, shards: int) -> None:
+    def __init__(
+        self, config: ExperimentConfig, run_dir: Path, actors: int, shards: int, record_actors: bool = False
+    ) -> None:
         self.config = config
         self.run_dir = run_dir
         self._config_path = run_dir / "config.yaml"
@@ -72,10 +78,12 @@ class LocalRun:
             False,
             niceness=EVALUATOR_NICENESS,
         )
+        # Each actor writes its own dataset, named by its id: datasets/actor-<id>.
+        recording = ["--dataset-dir", str(run_dir / DATASETS)] if record_actors else []
         self.actors = [
             Child(
                 f"actor-{i}",
-                self._client_args("actor"),
+                self._client_args("actor", recording),
                 logs / f"actor-{i}.log",
                 False,
                 niceness=ACTOR_NICENESS,
@@ -124,8 +132,8 @@ class LocalRun:
             str(port),
         ]
 
-    def _client_args(self, role: str) -> Callable[[int], list[str]]:
-        return lambda _port: [role, "--learner", self.learner.address]
+    def _client_args(self, role: str, extra: Sequence[str] = ()) -> Callable[[int], list[str]]:
+        return lambda _port: [role, "--learner", self.learner.address, *extra]
 
     def _children(self) -> list[Child]:
         return [*self.shards, self.learner, self.evaluator, *self.actors]
@@ -179,9 +187,10 @@ def run_locally(
     shards: int,
     stop: threading.Event,
     view: ProgressView,
+    record_actors: bool = False,
 ) -> RunOutcome:
     """The whole run; RunFailedError names the part that could not be kept alive."""
-    run = LocalRun(config, run_dir, actors, shards)
+    run = LocalRun(config, run_dir, actors, shards, record_actors)
     started = time.monotonic()
     try:
         run.start()

@@ -14,6 +14,13 @@ class LearnerMetrics:
             "apexrl_learner_updates_per_second", "Updates per second, recent.", registry=registry
         )
         self.loss = Gauge("apexrl_learner_loss", "Loss of the latest update.", registry=registry)
+        self.diagnostics = Gauge(
+            "apexrl_learner_diagnostic",
+            "The algorithm's other training signals of the latest update, by name: policy_loss "
+            "(TD3, SAC), temperature, temperature_loss and entropy (SAC).",
+            ["name"],
+            registry=registry,
+        )
         self.importance_exponent = Gauge(
             "apexrl_learner_importance_exponent", "beta of the importance weights.", registry=registry
         )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from services.algorithms.experiment import ExperimentConfig
 from services.algorithms.interface import LearnerCore
@@ -16,6 +17,9 @@ from services.learner.parameter_store import ParameterStore
 from services.learner.progress import Progress, RateMeter
 from services.learner.registry import ActorRegistry
 from services.learner.run_log import RunLog
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +33,8 @@ class Snapshot:
     environment_steps: int = 0
     environment_steps_per_second: float = 0.0
     loss: float = float("nan")
+    # The latest update's UpdateResult.diagnostics: tensors, read when a row is logged.
+    diagnostics: Mapping[str, torch.Tensor] = field(default_factory=dict)
     replay_size: int = 0
     replay_capacity: int = 0
     shards_up: int = 0
@@ -109,6 +115,7 @@ class Trainer:
         result = self._learner.update(batch.columns, batch.importance_weights)
         self._feed.release(batch, result.priorities, self._learner.importance_exponent())
         self.snapshot.loss = result.loss
+        self.snapshot.diagnostics = result.diagnostics
         self._metrics.updates.inc()
         if self._learner.updates % self._config.algorithm.parameter_publish_interval == 0:
             learner = self._learner
@@ -130,6 +137,9 @@ class Trainer:
         metrics = self._metrics
         metrics.updates_per_second.set(snapshot.updates_per_second)
         metrics.loss.set(snapshot.loss)
+        diagnostics = {name: float(value) for name, value in snapshot.diagnostics.items()}
+        for name, value in diagnostics.items():
+            metrics.diagnostics.labels(name).set(value)
         metrics.importance_exponent.set(self._learner.importance_exponent())
         metrics.parameter_version.set(version)
         metrics.environment_steps.set(snapshot.environment_steps)
@@ -157,5 +167,6 @@ class Trainer:
                 "importance_exponent": round(self._learner.importance_exponent(), 4),
                 "evaluation_return": latest.mean_return if latest is not None else float("nan"),
                 "actors": len(actors),
+                **diagnostics,
             }
         )

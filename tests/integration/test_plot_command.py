@@ -109,6 +109,14 @@ def logged(run_dir: Path, column: str) -> list[tuple[int, float]]:
     return [(step, value) for step, value in rows if math.isfinite(value)]
 
 
+# Each family's own training signals (UpdateResult.diagnostics), besides the critic's loss.
+FAMILY_SIGNALS = {
+    "dqn_run": (),
+    "td3_run": ("policy_loss",),
+    "sac_run": ("policy_loss", "temperature", "temperature_loss", "entropy"),
+}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("run_fixture", ["dqn_run", "td3_run", "sac_run"])
 def test_tensorboard_holds_the_runs_scalars_as_the_csv_logs_them(
@@ -117,8 +125,14 @@ def test_tensorboard_holds_the_runs_scalars_as_the_csv_logs_them(
     run_dir: Path = request.getfixturevalue(run_fixture)
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
-    assert {"evaluation_return", "loss", "updates_per_s"} <= set(events.Tags()["scalars"])
-    for tag in ("evaluation_return", "loss", "updates_per_s"):
+    tags = ("evaluation_return", "loss", "updates_per_s", *FAMILY_SIGNALS[run_fixture])
+    assert set(tags) <= set(events.Tags()["scalars"])
+    others = {"policy_loss", "temperature", "temperature_loss", "entropy"} - set(tags)
+    assert not others & set(events.Tags()["scalars"])
+    assert all(not logged(run_dir, name) for name in others)  # empty columns where a family has none
+    if run_fixture == "sac_run":
+        assert all(value > 0 for _, value in logged(run_dir, "temperature"))
+    for tag in tags:
         expected = logged(run_dir, tag)
         assert expected, f"{tag}: no finite value in metrics.csv"
         scalars = [(event.step, event.value) for event in events.Scalars(tag)]

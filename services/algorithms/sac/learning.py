@@ -104,12 +104,17 @@ class SacLearner:
         self.critic_optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(result.loss)
         self.critic_optimizer.step()
-        self._improve_policy(batch.observation, alpha)
+        diagnostics = self._improve_policy(batch.observation, alpha)
         polyak_update(self.target_critics, self.critics, self._config.target_update_rate)
         self.updates += 1
-        return UpdateResult(loss=float(result.loss.detach()), priorities=priorities_from_td(result.td_errors))
+        return UpdateResult(
+            loss=float(result.loss.detach()),
+            priorities=priorities_from_td(result.td_errors),
+            diagnostics=diagnostics,
+        )
 
-    def _improve_policy(self, observation: torch.Tensor, alpha: torch.Tensor) -> None:
+    def _improve_policy(self, observation: torch.Tensor, alpha: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The policy step, then the temperature's; their losses, alpha and the policy's entropy."""
         policy = sac_policy_loss(self.policy, self.critics, observation, alpha, self.sampling_generator)
         self.policy_optimizer.zero_grad(set_to_none=True)
         # Only the policy's gradients: the critics' would be thrown away by their next zero_grad.
@@ -119,6 +124,12 @@ class SacLearner:
         self.temperature_optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
         self.temperature_optimizer.step()
+        return {
+            "policy_loss": policy.loss.detach(),
+            "temperature": alpha,
+            "temperature_loss": loss.detach(),
+            "entropy": -policy.log_prob.mean(),  # estimated from the batch's sampled actions
+        }
 
     def actor_parameters(self) -> dict[str, torch.Tensor]:
         """The policy and the first online critic: actors act with one and score with both."""

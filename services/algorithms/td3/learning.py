@@ -70,6 +70,7 @@ class Td3Learner:
         self.noise_generator = sampling_generator(seed, device)
         self._smoothing = TargetSmoothing(config.target_noise, config.target_noise_clip)
         self.updates = 0
+        self._policy_loss: torch.Tensor | None = None  # of the latest policy step (every policy_delay)
 
     def importance_exponent(self) -> float:
         return importance_exponent(self._config, self.updates)
@@ -92,7 +93,12 @@ class Td3Learner:
         self.updates += 1
         if self.updates % self._config.policy_delay == 0:
             self._improve_policy(batch.observation)
-        return UpdateResult(loss=float(result.loss.detach()), priorities=priorities_from_td(result.td_errors))
+        diagnostics = {} if self._policy_loss is None else {"policy_loss": self._policy_loss}
+        return UpdateResult(
+            loss=float(result.loss.detach()),
+            priorities=priorities_from_td(result.td_errors),
+            diagnostics=diagnostics,
+        )
 
     def _improve_policy(self, observation: torch.Tensor) -> None:
         """A policy step through the just-updated first critic, then the targets follow (tau)."""
@@ -101,6 +107,7 @@ class Td3Learner:
         # Only the policy's gradients: the critics' would be thrown away by their next zero_grad.
         torch.autograd.backward(loss, inputs=list(self.policy.parameters()))
         self.policy_optimizer.step()
+        self._policy_loss = loss.detach()
         rate = self._config.target_update_rate
         polyak_update(self.target_policy, self.policy, rate)
         polyak_update(self.target_critics, self.critics, rate)
