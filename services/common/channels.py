@@ -101,6 +101,9 @@ def create_channel(
         # Pings a connection idle this long, so a dead peer is found (servers allow it).
         ("grpc.keepalive_time_ms", round(CLIENT_KEEPALIVE_S * 1000)),
         ("grpc.keepalive_timeout_ms", 20_000),
+        # A server that moved (a pod rescheduled, a container replaced) is looked up again at
+        # most this soon after its connection fails; gRPC waits 30 s by default.
+        ("grpc.dns_min_time_between_resolutions_ms", 1000),
     ]
     credentials = security.channel_credentials()
     channel = (

@@ -26,8 +26,33 @@ logger = logging.getLogger(__name__)
 _ENV = "APEXRL_LEARNER_"
 
 
+_INDEX = "{index}"
+
+
 def _address_list(addresses: str) -> tuple[str, ...]:
     return tuple(address.strip() for address in addresses.split(",") if address.strip())
+
+
+def replay_addresses(addresses: str, shards: int | None = None, option: str = "--replay") -> tuple[str, ...]:
+    """The shard addresses of ``--replay``: a comma-separated list, or with ``shards`` a pattern.
+
+    A pattern holds ``{index}``, which runs over 0 .. shards - 1: the names a StatefulSet
+    gives its pods (``replay-{index}.replay:50051``). ConfigError for a pattern without
+    a count, or a count without a pattern.
+    """
+    listed = _address_list(addresses)
+    if shards is None:
+        if any(_INDEX in address for address in listed):
+            raise ConfigError(
+                f"{option} {addresses!r} is a pattern: give --replay-shards N to expand {_INDEX}"
+            )
+        return listed
+    if len(listed) != 1 or _INDEX not in listed[0]:
+        raise ConfigError(
+            f"--replay-shards {shards} expands a pattern: {option} must be one address holding {_INDEX} "
+            f"(for example replay-{_INDEX}.replay:50051), not {addresses!r}"
+        )
+    return tuple(listed[0].replace(_INDEX, str(index)) for index in range(shards))
 
 
 def learner_command(
@@ -40,6 +65,15 @@ def learner_command(
     replay: Annotated[
         str, typer.Option(envvar=_ENV + "REPLAY", help="Comma-separated host:port of every replay shard.")
     ] = "",
+    replay_shards: Annotated[
+        int | None,
+        typer.Option(
+            envvar=_ENV + "REPLAY_SHARDS",
+            min=1,
+            help="Expand {index} in --replay (and --advertise-replay) to 0 .. N-1: shards named by a "
+            "pattern, as a StatefulSet names its pods.",
+        ),
+    ] = None,
     advertise_replay: Annotated[
         str,
         typer.Option(
@@ -71,8 +105,12 @@ def learner_command(
     stop = install_stop_handlers()
     from services.learner.learner import Learner, LearnerSettings  # torch: imported only by this role
 
-    addresses = _address_list(replay)
     try:
+        addresses = replay_addresses(replay, replay_shards)
+        pattern = _INDEX in advertise_replay
+        advertised = replay_addresses(
+            advertise_replay, replay_shards if pattern else None, "--advertise-replay"
+        )
         configure_from_flags(token_file, tls_cert, tls_key, tls_ca)
         experiment = load_experiment(config, overrides or [])
         if not addresses:
@@ -83,7 +121,7 @@ def learner_command(
             host,
             port,
             metrics_port,
-            advertised_replay_addresses=_address_list(advertise_replay),
+            advertised_replay_addresses=advertised,
             metrics_host=metrics_host,
         )
         learner = Learner(experiment, settings)
