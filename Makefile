@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PROTOS := $(shell find protos -name '*.proto')
 GENERATED := apexrl/.generated
 
-.PHONY: setup protos test test-fast lint format bench bench-replay bench-learner bench-actors bench-atari bench-solve run images compose-test clean
+.PHONY: setup protos test test-fast lint format bench bench-replay bench-learner bench-learner-group bench-actors bench-atari bench-solve run images compose-test clean
 
 setup: $(VENV)/.installed $(GENERATED)
 
@@ -59,6 +59,9 @@ bench-actors: setup
 bench-broadcast: setup
 	$(PY) bench/parameter_broadcast.py
 
+bench-learner-group: setup
+	$(PY) bench/learner_group.py
+
 bench-atari: setup
 	$(PY) bench/atari_throughput.py
 
@@ -82,7 +85,7 @@ images: setup
 # docker-compose.yml end to end: the images, 8 actors, rescaling, a shard restart, monitoring.
 compose-test: images
 	APEXRL_COMPOSE_TEST=1 $(PY) -m pytest -s tests/e2e/test_compose.py tests/e2e/test_compose_atari.py \
-		tests/e2e/test_compose_secure.py
+		tests/e2e/test_compose_secure.py tests/e2e/test_swarm.py
 
 clean:
 	rm -rf $(VENV) apexrl build *.egg-info .mypy_cache .ruff_cache .pytest_cache

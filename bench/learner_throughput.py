@@ -14,7 +14,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,15 +118,9 @@ def cartpole_data(rng: np.random.Generator) -> Stored:
     return Stored(raw, list(raw), priorities, ITEMS_PER_SHARD)
 
 
-def measure(preset: str, device: str, runs: int, seconds: float, data: Stored) -> tuple[float, float]:
-    """Median updates/s of the preset's learner over remote shards and over an in-process table."""
-    config = load_experiment(preset, [f"general.device={device}"])
-    table = PrioritizedTable(
-        2 * data.items_per_shard, config.algorithm.priority_exponent, RateLimiterSettings(), seed=0
-    )
-    for columns, values in zip(data.raw, data.priorities, strict=True):
-        table.insert(columns, values, max_wait_s=0)
-    logs = Path(tempfile.mkdtemp(prefix="bench-learner-"))
+@contextmanager
+def filled_shards(data: Stored, logs: Path) -> Iterator[list[str]]:
+    """Two replay shard processes holding ``data`` as actors send it; their addresses, while they run."""
     capacity = str(data.items_per_shard)
     shards = [
         LocalProcess(["replay", "--port", "0", "--capacity", capacity], logs / f"replay-{k}.log")
@@ -137,13 +132,25 @@ def measure(preset: str, device: str, runs: int, seconds: float, data: Stored) -
         for sent, values in zip(data.sent, data.priorities, strict=True):
             client.insert(sent, values)
         client.close()
+        yield addresses
+    finally:
+        for shard in shards:
+            shard.stop()
+
+
+def measure(preset: str, device: str, runs: int, seconds: float, data: Stored) -> tuple[float, float]:
+    """Median updates/s of the preset's learner over remote shards and over an in-process table."""
+    config = load_experiment(preset, [f"general.device={device}"])
+    table = PrioritizedTable(
+        2 * data.items_per_shard, config.algorithm.priority_exponent, RateLimiterSettings(), seed=0
+    )
+    for columns, values in zip(data.raw, data.priorities, strict=True):
+        table.insert(columns, values, max_wait_s=0)
+    with filled_shards(data, Path(tempfile.mkdtemp(prefix="bench-learner-"))) as addresses:
         remote, local = [], []
         for _ in range(runs):
             remote.append(remote_updates_per_s(config, addresses, seconds))
             local.append(local_updates_per_s(config, table, seconds))
-    finally:
-        for shard in shards:
-            shard.stop()
     print(f"preset={preset} runs remote={remote} local={local}", file=sys.stderr)
     return statistics.median(remote), statistics.median(local)
 

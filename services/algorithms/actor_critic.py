@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from services.algorithms.actions import ActionScaler
+from services.algorithms.data_parallel import batch_noise
 from services.algorithms.interface import Columns, Parameters
 from services.algorithms.prioritized import priorities_from_td
 from services.algorithms.torsos import MlpTorso, fully_connected
@@ -121,7 +122,7 @@ class SquashedGaussianPolicy(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterised a ~ pi(.|s) with noise ~ N(0, 1) drawn from ``generator``, and log pi(a|s)."""
         mean, log_std = self(observations)
-        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+        noise = batch_noise(mean.shape, generator, mean.dtype, mean.device)
         return squashed_sample(mean, log_std, noise)
 
     def deterministic(self, observations: torch.Tensor) -> torch.Tensor:

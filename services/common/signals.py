@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+from typing import NoReturn
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +36,8 @@ def wait_until_stopped(stop: threading.Event) -> None:
         pass
 
 
-def exit_without_teardown() -> None:
-    """Ends a service process whose work is done and whose resources are closed, with code 0.
+def exit_without_teardown(code: int = 0) -> NoReturn:
+    """Ends a service process whose work is done and whose resources are closed, with ``code``.
 
     The interpreter's own teardown is skipped: there, the native threads of torch and
     gRPC can stall garbage collection and keep a stopped process (or container) from
@@ -45,4 +46,4 @@ def exit_without_teardown() -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)

@@ -8,21 +8,19 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from services.evaluation.command import ModelOption
+from services.evaluation.command import (
+    CheckpointOption,
+    EpisodeSeedOption,
+    ModelChoiceOption,
+    RunOrModelArgument,
+)
 
 if TYPE_CHECKING:
     from services.evaluation.episodes import Episode
 
 
 def collect_command(
-    run_or_model: Annotated[
-        Path,
-        typer.Argument(
-            metavar="RUN_OR_MODEL",
-            help="A run folder, or a model file: a best_model.safetensors or a learner checkpoint.",
-            show_default=False,
-        ),
-    ],
+    run_or_model: RunOrModelArgument,
     dataset: Annotated[
         Path,
         typer.Argument(
@@ -39,16 +37,8 @@ def collect_command(
             "else apexrl/ENV/FOLDER-v0)."
         ),
     ] = None,
-    model: Annotated[
-        ModelOption | None,
-        typer.Option(
-            help="The run folder's best model or its newest checkpoint (default: best, else latest)."
-        ),
-    ] = None,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(help="A checkpoint of the run folder: a path, or a name in its checkpoints/."),
-    ] = None,
+    model: ModelChoiceOption = None,
+    checkpoint: CheckpointOption = None,
     exploration: Annotated[
         float | None,
         typer.Option(
@@ -57,12 +47,7 @@ def collect_command(
             "(TD3), policy temperature (SAC). Default: deterministic actions.",
         ),
     ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(
-            min=0, help="Seed of the first episode, seed + i of the others (default: the evaluator's)."
-        ),
-    ] = None,
+    seed: EpisodeSeedOption = None,
     max_steps: Annotated[
         int | None,
         typer.Option(min=1, help="Truncate each episode after this many steps (default: the environment's)."),

@@ -26,34 +26,37 @@ class VideoFormatOption(StrEnum):
     gif = "gif"
 
 
+# The arguments that choose a saved model and seed its episodes: apexrl test's and apexrl collect's.
+RunOrModelArgument = Annotated[
+    Path,
+    typer.Argument(
+        metavar="RUN_OR_MODEL",
+        help="A run folder, or a model file: a best_model.safetensors or a learner checkpoint.",
+        show_default=False,
+    ),
+]
+ModelChoiceOption = Annotated[
+    ModelOption | None,
+    typer.Option(help="The run folder's best model or its newest checkpoint (default: best, else latest)."),
+]
+CheckpointOption = Annotated[
+    Path | None,
+    typer.Option(help="A checkpoint of the run folder: a path, or a name in its checkpoints/."),
+]
+EpisodeSeedOption = Annotated[
+    int | None,
+    typer.Option(min=0, help="Seed of the first episode, seed + i of the others (default: the evaluator's)."),
+]
+
+
 def model_test_command(
-    run_or_model: Annotated[
-        Path,
-        typer.Argument(
-            metavar="RUN_OR_MODEL",
-            help="A run folder, or a model file: a best_model.safetensors or a learner checkpoint.",
-            show_default=False,
-        ),
-    ],
-    model: Annotated[
-        ModelOption | None,
-        typer.Option(
-            help="The run folder's best model or its newest checkpoint (default: best, else latest)."
-        ),
-    ] = None,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(help="A checkpoint of the run folder: a path, or a name in its checkpoints/."),
-    ] = None,
+    run_or_model: RunOrModelArgument,
+    model: ModelChoiceOption = None,
+    checkpoint: CheckpointOption = None,
     episodes: Annotated[
         int | None, typer.Option(min=1, help="Episodes to play (default: the config's evaluation_episodes).")
     ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(
-            min=0, help="Seed of the first episode, seed + i of the others (default: the evaluator's)."
-        ),
-    ] = None,
+    seed: EpisodeSeedOption = None,
     max_steps: Annotated[
         int | None,
         typer.Option(min=1, help="End each episode after this many steps (default: the environment's)."),

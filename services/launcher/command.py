@@ -113,6 +113,14 @@ def run_command(
     ] = None,
     actors: Annotated[int, typer.Option(min=1, max=256, help="Actor processes.")] = 2,
     shards: Annotated[int, typer.Option(min=1, max=64, help="Replay shard processes.")] = 2,
+    learners: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=16,
+            help="Learner processes training data-parallel (torch.distributed), each on 1/N of every batch.",
+        ),
+    ] = 1,
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config value: section.key=value.")
     ] = None,
@@ -147,12 +155,14 @@ def run_command(
     from services.launcher.children import RunFailedError
     from services.launcher.local_run import run_locally
     from services.launcher.prechecks import PrecheckError, check_experiment  # torch, gymnasium
+    from services.learner.group import batch_share
 
     console = Console()
     try:
         experiment, folder = _choose_run(config, overrides or [], run_dir, resume, shards)
         # Before any process or folder: what would stop the learner is said here, in one line.
         check_experiment(experiment)
+        batch_share(experiment.algorithm.batch_size, learners)
         if record_actors:
             require_minari()
     except (ConfigError, DatasetError, FileNotFoundError, PrecheckError, RunFolderError) as error:
@@ -166,7 +176,7 @@ def run_command(
     stop = install_stop_handlers()
     view = ProgressView(console, experiment)
     try:
-        outcome = run_locally(experiment, folder, actors, shards, stop, view, record_actors)
+        outcome = run_locally(experiment, folder, actors, shards, stop, view, record_actors, learners)
     except RunFailedError as error:
         logger.error("run failed: %s", error)
         # The part's own words may hold brackets; they are not markup.

@@ -50,9 +50,18 @@ class LocalRun:
     """Starts every role, supervises them, shows progress and stops them in order."""
 
     def __init__(
-        self, config: ExperimentConfig, run_dir: Path, actors: int, shards: int, record_actors: bool = False
+        self,
+        config: ExperimentConfig,
+        run_dir: Path,
+        actors: int,
+        shards: int,
+        record_actors: bool = False,
+        learners: int = 1,
     ) -> None:
         self.config = config
+        self._learners = learners
+        # Where rank 0 of a learner group meets the others (chosen at start).
+        self._group_port = 0
         self.run_dir = run_dir
         self._config_path = run_dir / "config.yaml"
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -67,7 +76,20 @@ class LocalRun:
             )
             for k in range(shards)
         ]
-        self.learner = Child("learner", self._learner_args, logs / "learner.log", True)
+        # A learner group is started and stopped whole: a rank restarted alone could not rejoin
+        # it, so any rank that exits ends the run, naming it.
+        restarts = {"max_restarts": 0} if learners > 1 else {}
+        self.learner = Child("learner", self._learner_args, logs / "learner.log", True, **restarts)
+        self.followers = [
+            Child(
+                f"learner-{rank}",
+                functools.partial(self._follower_args, rank),
+                logs / f"learner-{rank}.log",
+                False,
+                max_restarts=0,
+            )
+            for rank in range(1, learners)
+        ]
         # Actors take whatever CPU the learner leaves: on a few shared cores the learner's
         # updates, not environment steps, bound how fast a run learns. The evaluator is
         # light but decides when the run is solved, so it comes between the two.
@@ -120,28 +142,30 @@ class LocalRun:
         return args
 
     def _learner_args(self, port: int) -> list[str]:
+        return [*self._group_args(0), "--run-dir", str(self.run_dir), "--port", str(port)]
+
+    def _follower_args(self, rank: int, _port: int) -> list[str]:
+        return self._group_args(rank)
+
+    def _group_args(self, rank: int) -> list[str]:
         replay = ",".join(shard.address for shard in self.shards)
-        return [
-            "learner",
-            str(self._config_path),
-            "--replay",
-            replay,
-            "--run-dir",
-            str(self.run_dir),
-            "--port",
-            str(port),
-        ]
+        args = ["learner", str(self._config_path), "--replay", replay]
+        if self._learners > 1:
+            args += ["--group-size", str(self._learners), "--group-rank", str(rank)]
+            args += ["--group-address", f"127.0.0.1:{self._group_port}"]
+        return args
 
     def _client_args(self, role: str, extra: Sequence[str] = ()) -> Callable[[int], list[str]]:
         return lambda _port: [role, "--learner", self.learner.address, *extra]
 
     def _children(self) -> list[Child]:
-        return [*self.shards, self.learner, self.evaluator, *self.actors]
+        return [*self.shards, self.learner, *self.followers, self.evaluator, *self.actors]
 
     def start(self) -> None:
         """Every role at once, on ports chosen first: clients retry until the services they need serve."""
         serving = [*self.shards, self.learner]
-        for child, port in zip(serving, pick_free_ports(len(serving)), strict=True):
+        *ports, self._group_port = pick_free_ports(len(serving) + 1)
+        for child, port in zip(serving, ports, strict=True):
             child.port = port
         for child in self._children():
             child.launch()
@@ -172,7 +196,7 @@ class LocalRun:
     def shutdown(self) -> dict[str, int | None]:
         """Stops actors (they flush to the shards), evaluator and learner (checkpoint), then the shards."""
         codes: dict[str, int | None] = {}
-        for group in ([*self.actors, self.evaluator, self.learner], self.shards):
+        for group in ([*self.actors, self.evaluator, self.learner, *self.followers], self.shards):
             for child in group:
                 child.terminate()
             for child in group:
@@ -188,9 +212,10 @@ def run_locally(
     stop: threading.Event,
     view: ProgressView,
     record_actors: bool = False,
+    learners: int = 1,
 ) -> RunOutcome:
     """The whole run; RunFailedError names the part that could not be kept alive."""
-    run = LocalRun(config, run_dir, actors, shards, record_actors)
+    run = LocalRun(config, run_dir, actors, shards, record_actors, learners)
     started = time.monotonic()
     try:
         run.start()

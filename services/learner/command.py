@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -20,6 +21,10 @@ from services.common.security import (
     configure_from_flags,
 )
 from services.common.signals import exit_without_teardown, install_stop_handlers, wait_until_stopped
+
+if TYPE_CHECKING:
+    from services.algorithms.experiment import ExperimentConfig
+    from services.learner.group import GroupSettings
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +98,26 @@ def learner_command(
         str | None,
         typer.Option(envvar=_ENV + "METRICS_HOST", help="Interface of the HTTP endpoint (default: --host)."),
     ] = None,
+    group_size: Annotated[
+        int,
+        typer.Option(
+            envvar=_ENV + "GROUP_SIZE",
+            min=1,
+            help="Learners training together, data-parallel (torch.distributed); each takes 1/N of a batch.",
+        ),
+    ] = 1,
+    group_rank: Annotated[
+        int,
+        typer.Option(
+            envvar=_ENV + "GROUP_RANK",
+            min=0,
+            help="This learner's rank: 0 serves, publishes and checkpoints; the others only train.",
+        ),
+    ] = 0,
+    group_address: Annotated[
+        str,
+        typer.Option(envvar=_ENV + "GROUP_ADDRESS", help="host:port where rank 0 meets the group."),
+    ] = "",
     token_file: TokenFileOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
@@ -103,7 +128,14 @@ def learner_command(
     configure_logging("learner", log_level)
     # Handlers first: a SIGTERM right after the start-up line must still drain cleanly.
     stop = install_stop_handlers()
-    from services.learner.learner import Learner, LearnerSettings  # torch: imported only by this role
+    from services.learner.group import GroupError, GroupSettings  # torch: imported only by this role
+    from services.learner.learner import Learner, LearnerSettings
+
+    failures: list[str] = []
+
+    def failed(reason: str) -> None:
+        failures.append(reason)
+        stop.set()
 
     try:
         addresses = replay_addresses(replay, replay_shards)
@@ -115,6 +147,9 @@ def learner_command(
         experiment = load_experiment(config, overrides or [])
         if not addresses:
             raise ConfigError("--replay (or APEXRL_LEARNER_REPLAY) must name at least one shard host:port")
+        group = GroupSettings(group_size, group_rank, group_address) if group_size > 1 else None
+        if group is not None and group.rank > 0:
+            _follow(experiment, addresses, group, stop, metrics_port, metrics_host or host)
         settings = LearnerSettings(
             addresses,
             run_dir,
@@ -123,9 +158,10 @@ def learner_command(
             metrics_port,
             advertised_replay_addresses=advertised,
             metrics_host=metrics_host,
+            group=group,
         )
-        learner = Learner(experiment, settings)
-    except (ConfigError, SecurityError, FileNotFoundError, ValueError) as error:
+        learner = Learner(experiment, settings, on_failure=failed)
+    except (ConfigError, SecurityError, FileNotFoundError, ValueError, GroupError) as error:
         typer.echo(f"apexrl learner: {error}", err=True)
         raise typer.Exit(2) from None
     logger.info("learner serving address=%s metrics_port=%s", learner.address, learner.metrics_port)
@@ -134,4 +170,37 @@ def learner_command(
     from services.learner.learning_curve import plot_learning_curve  # matplotlib: only now
 
     plot_learning_curve(learner.run_log.csv_path, run_dir / "learning_curve.png", experiment.environment.id)
-    exit_without_teardown()
+    if failures:
+        typer.echo(f"apexrl learner: {failures[0]}", err=True)
+    exit_without_teardown(1 if failures else 0)
+
+
+def _follow(
+    experiment: ExperimentConfig,
+    addresses: tuple[str, ...],
+    group: GroupSettings,
+    stop: threading.Event,
+    metrics_port: int | None,
+    metrics_host: str,
+) -> NoReturn:
+    """Rank 1 .. N-1: trains with the group, then waits to be stopped; exits 1 if the group failed.
+
+    It serves no RPC; with ``metrics_port``, its HTTP endpoint (/metrics, /healthz) for probes.
+    """
+    from services.common.http_endpoint import HttpEndpoint
+    from services.learner.follower import Follower
+
+    follower = Follower(experiment, addresses, group)
+    http = None
+    if metrics_port is not None:
+        http = HttpEndpoint(follower.metrics.registry, lambda: True, metrics_host, metrics_port).start()
+    logger.info("learner following rank=%d size=%d", group.rank, group.size)
+    follower.run(stop)
+    if follower.failure is None:
+        wait_until_stopped(stop)  # the group is done: stay up until told to stop, as rank 0 does
+    follower.close()
+    if http is not None:
+        http.stop()
+    if follower.failure is not None:
+        typer.echo(f"apexrl learner: {follower.failure}", err=True)
+    exit_without_teardown(1 if follower.failure is not None else 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from services.learner.checkpoint import (
 )
 from services.learner.device import resolve_device
 from services.learner.feed_process import ReplayFeed
+from services.learner.group import GroupSettings, LearnerGroup, batch_share, feed_seed, group_device
 from services.learner.metrics import LearnerMetrics
 from services.learner.parameter_store import ParameterStore
 from services.learner.progress import Progress
@@ -66,6 +68,8 @@ class LearnerSettings:
     shard_check_timeout_s: float = 30.0
     # The HTTP endpoint's interface; None: host.
     metrics_host: str | None = None
+    # Rank 0 of a data-parallel learner group (services/learner/group.py); None: a learner alone.
+    group: GroupSettings | None = None
 
 
 def config_yaml(config: ExperimentConfig) -> str:
@@ -75,7 +79,13 @@ def config_yaml(config: ExperimentConfig) -> str:
 class Learner:
     """Starts training and serving on construction (resuming from the run's latest checkpoint)."""
 
-    def __init__(self, config: ExperimentConfig, settings: LearnerSettings) -> None:
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        settings: LearnerSettings,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
+        """``on_failure`` hears why training stopped for good (a learner group that failed)."""
         if not settings.replay_addresses:
             raise ValueError("the learner needs at least one replay shard address")
         advertised = settings.advertised_replay_addresses
@@ -93,6 +103,12 @@ class Learner:
         check_shards(list(settings.replay_addresses), config.algorithm, settings.shard_check_timeout_s)
         self.family = family_named(config.algorithm.name)
         self.core, counters = self._restore_or_create()
+        self.group: LearnerGroup | None = None
+        if settings.group is not None:
+            if settings.group.rank != 0:
+                raise ValueError("the learner service is rank 0 of its group; the others run as followers")
+            self.group = LearnerGroup(settings.group, self.device)
+            self.group.share_state(self.core)
         self.store = ParameterStore(first_version=counters.parameter_version)
         self.store.publish(self.core.actor_parameters(), self.core.policy_parameters(), self.core.updates)
         self.registry = ActorRegistry(
@@ -107,10 +123,10 @@ class Learner:
         addresses = list(settings.replay_addresses)
         self.feed = ReplayFeed(
             addresses,
-            config.algorithm.batch_size,
+            batch_share(config.algorithm.batch_size, settings.group.size if settings.group else 1),
             self.core.importance_exponent(),
             config.algorithm.min_replay_size,
-            seed=config.general.seed,
+            seed=feed_seed(config.general.seed, settings.group),
             batches_per_request=config.algorithm.batches_per_sample_request,
         ).start()
         self.trainer = Trainer(
@@ -123,6 +139,8 @@ class Learner:
             self.metrics,
             self.run_log,
             self.save_checkpoint,
+            self.group,
+            on_failure,
         )
         self._server = self._start_server(addresses)
         self.port = self._server.port
@@ -146,7 +164,7 @@ class Learner:
             config.environment.atari_settings(),
         )
         self.family.check_environment(environment)
-        device = resolve_device(config.general.device)
+        device = self.device = group_device(resolve_device(config.general.device), self.settings.group)
         torch.set_num_threads(config.general.learner_threads)
         core = self.family.make_learner(config.algorithm, environment, device, config.general.seed)
         restored = latest_checkpoint(self.checkpoint_dir)
@@ -261,4 +279,6 @@ class Learner:
         if self._http is not None:
             self._http.stop()
         self.run_log.close()
+        if self.group is not None:
+            self.group.leave()
         logger.info("learner stopped")

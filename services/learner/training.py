@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from services.algorithms.experiment import ExperimentConfig
 from services.algorithms.interface import LearnerCore
 from services.learner.feed_process import ReplayFeed
+from services.learner.group import GroupError
 from services.learner.metrics import LearnerMetrics
 from services.learner.parameter_store import ParameterStore
 from services.learner.progress import Progress, RateMeter
@@ -20,6 +21,8 @@ from services.learner.run_log import RunLog
 
 if TYPE_CHECKING:
     import torch
+
+    from services.learner.group import LearnerGroup
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,8 @@ class Trainer:
         metrics: LearnerMetrics,
         run_log: RunLog,
         save_checkpoint: Callable[[], None],
+        group: LearnerGroup | None = None,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self._config = config
         self._learner = learner
@@ -64,6 +69,10 @@ class Trainer:
         self._metrics = metrics
         self._run_log = run_log
         self._save_checkpoint = save_checkpoint
+        # Rank 0 of a learner group: every update is agreed with the other ranks first.
+        self._group = group
+        self._on_failure = on_failure
+        self.failure: str | None = None  # why training could not go on (the group failed)
         self._stop = threading.Event()
         # A resumed learner's counters, from the first status on (not 0 until the first refresh).
         self.snapshot = Snapshot(updates=learner.updates, environment_steps=registry.environment_steps())
@@ -84,13 +93,27 @@ class Trainer:
 
     @property
     def finished(self) -> bool:
-        return self._progress.stop_reason is not None
+        group_stopped = self._group is not None and self._group.stopped
+        return self._progress.stop_reason is not None or group_stopped or self.failure is not None
 
     def _run(self) -> None:
+        try:
+            self._train()
+            if self._group is not None and not self._group.stopped:
+                self._group.agree_to_stop(True)  # the other ranks stop at the same update
+        except GroupError as error:
+            self.failure = str(error)
+            logger.error("training stopped: %s", error)
+            if self._on_failure is not None:
+                self._on_failure(self.failure)
+
+    def _train(self) -> None:
         general = self._config.general
         next_log = next_checkpoint = time.monotonic()
         next_checkpoint += general.checkpoint_interval_s
         while not self._stop.is_set():
+            if self.finished and self._group is not None and not self._group.stopped:
+                self._group.agree_to_stop(True)  # a spent budget ends the group's training too
             if self.finished:
                 # Nothing left to train (the learner only serves now): sleep until the next
                 # row or checkpoint is due instead of spinning.
@@ -112,6 +135,9 @@ class Trainer:
             return
         self._metrics.batch_wait_seconds.observe(time.perf_counter() - waited)
         self._metrics.sample_seconds.observe(self._feed.sample_seconds)
+        if self._group is not None and self._group.agree_to_stop(False):
+            logger.info("the learner group stopped at update %d", self._learner.updates)
+            return
         result = self._learner.update(batch.columns, batch.importance_weights)
         self._feed.release(batch, result.priorities, self._learner.importance_exponent())
         self.snapshot.loss = result.loss

@@ -11,16 +11,12 @@ import gymnasium as gym
 import minari
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner, Result
 
-from services.algorithms.families import family_named
 from services.cli import app
-from services.evaluation.models import environment_of
-from services.learner.checkpoint import TrainingCounters, save_checkpoint
-from services.learner.learner import BEST_MODEL, Learner, LearnerSettings, config_yaml
+from services.learner.learner import BEST_MODEL, Learner, LearnerSettings
 from tests.integration.conftest import ShardFactory
-from tests.integration.training_fixtures import small_config
+from tests.integration.training_fixtures import pong_checkpoint, small_config
 
 
 def learner_run(start_shard: ShardFactory, run_dir: Path, preset: str) -> Path:
@@ -156,12 +152,7 @@ def test_continuous_actions_stay_in_their_bounds_and_a_step_limit_truncates(
 
 def test_atari_frames_are_stored_as_they_were_seen(tmp_path: Path) -> None:
     pytest.importorskip("ale_py")
-    config = small_config("general.seed=1", preset="pong")
-    environment = environment_of(config)
-    core = family_named("apex_dqn").make_learner(config.algorithm, environment, torch.device("cpu"), 1)
-    model = save_checkpoint(
-        tmp_path / "checkpoints", core.state_tensors(), TrainingCounters(3, 2), config_yaml(config)
-    )
+    model = pong_checkpoint(tmp_path)
     path = tmp_path / "pong"
     collected(model, path, "--episodes", "1", "--max-steps", "12", "--seed", "4")
     dataset = minari.MinariDataset(path / "data")

@@ -239,3 +239,19 @@ def test_the_overlays_change_what_they_say(rendered: Any) -> None:
         assert "nvidia.com/gpu" not in container["resources"]["limits"]
     secured = [name for name in environment(container) if name.startswith("APEXRL_TLS_")]
     assert bool(secured) == (overlay == "secure")
+    learners = named(documents, "StatefulSet", "learner")
+    variables = environment(container)
+    if overlay == "learner-group":
+        # Pod i is rank i of a group as large as the StatefulSet; the Service reaches rank 0 alone.
+        assert int(variables["APEXRL_LEARNER_GROUP_SIZE"]) == learners["spec"]["replicas"] == 2
+        group_service = named(documents, "Service", learners["spec"]["serviceName"])
+        assert group_service["spec"]["clusterIP"] == "None"
+        assert group_service["spec"]["publishNotReadyAddresses"] is True
+        host, _, port = variables["APEXRL_LEARNER_GROUP_ADDRESS"].partition(":")
+        assert host == f"learner-0.{group_service['metadata']['name']}"
+        assert int(port) in [p["containerPort"] for p in container["ports"]]
+        selector = named(documents, "Service", "learner")["spec"]["selector"]
+        assert selector["apps.kubernetes.io/pod-index"] == "0"
+    else:
+        assert learners["spec"]["replicas"] == 1
+        assert "APEXRL_LEARNER_GROUP_SIZE" not in variables

@@ -23,15 +23,13 @@ from typer.testing import CliRunner, Result
 from services.actor.actor import build_policy, make_spec_environment
 from services.actor.evaluator import play_deterministic_episodes
 from services.algorithms.experiment import ExperimentConfig, experiment_spec
-from services.algorithms.families import family_named
 from services.algorithms.training_state import prefixed
 from services.cli import app
 from services.common.config import validate
-from services.evaluation.models import environment_of
-from services.learner.checkpoint import TrainingCounters, checkpoints, load_checkpoint, save_checkpoint
-from services.learner.learner import BEST_MODEL, Learner, LearnerSettings, config_yaml
+from services.learner.checkpoint import checkpoints, load_checkpoint
+from services.learner.learner import BEST_MODEL, Learner, LearnerSettings
 from tests.integration.conftest import ShardFactory
-from tests.integration.training_fixtures import small_config
+from tests.integration.training_fixtures import pong_checkpoint, small_config
 
 ROOT = Path(__file__).resolve().parents[2]
 # Seconds of training: enough for the evaluator to finish evaluations (a best model) and
@@ -297,12 +295,7 @@ def test_sac_best_models_and_checkpoints_act_alike(start_shard: ShardFactory, tm
 
 def test_an_atari_checkpoint_plays_and_records_the_game(tmp_path: Path) -> None:
     pytest.importorskip("ale_py")
-    config = small_config("general.seed=1", preset="pong")
-    environment = environment_of(config)
-    core = family_named("apex_dqn").make_learner(config.algorithm, environment, torch.device("cpu"), 1)
-    path = save_checkpoint(
-        tmp_path / "checkpoints", core.state_tensors(), TrainingCounters(3, 2), config_yaml(config)
-    )
+    path = pong_checkpoint(tmp_path)
     videos = tmp_path / "videos"
     result = apexrl_test(path, "--episodes", "1", "--max-steps", "20", "--record", videos, "--json")
     assert result.exit_code == 0, result.output

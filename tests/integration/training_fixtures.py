@@ -5,11 +5,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+import torch
 
 from services.actor.actor import Actor
 from services.actor.learner_client import LearnerClient
 from services.actor.metrics import ActorMetrics
 from services.algorithms.experiment import ExperimentConfig, load_experiment
+from services.algorithms.families import family_named
+from services.evaluation.models import environment_of
+from services.learner.checkpoint import TrainingCounters, save_checkpoint
+from services.learner.learner import config_yaml
 
 SMALL = (
     "general.device=cpu",
@@ -28,6 +35,15 @@ SMALL = (
 
 def small_config(*overrides: str, preset: str = "cartpole") -> ExperimentConfig:
     return load_experiment(preset, [*SMALL, *overrides])
+
+
+def pong_checkpoint(directory: Path) -> Path:
+    """A learner checkpoint of the pong preset's untrained networks (3 updates, parameter version 2)."""
+    config = small_config("general.seed=1", preset="pong")
+    environment = environment_of(config)
+    core = family_named("apex_dqn").make_learner(config.algorithm, environment, torch.device("cpu"), 1)
+    counters = TrainingCounters(3, 2)
+    return save_checkpoint(directory / "checkpoints", core.state_tensors(), counters, config_yaml(config))
 
 
 class ActorThread:

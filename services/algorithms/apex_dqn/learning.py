@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 from services.algorithms.apex_dqn.config import ApexDqnConfig
 from services.algorithms.apex_dqn.losses import DqnBatch, double_q_loss
 from services.algorithms.apex_dqn.networks import QNetwork
+from services.algorithms.data_parallel import average_gradients
 from services.algorithms.interface import Columns, UpdateResult
 from services.algorithms.prioritized import importance_exponent, priorities_from_td
 from services.algorithms.torsos import seeded
@@ -66,6 +67,7 @@ class DqnLearner:
         )
         self.optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(result.loss)
+        average_gradients(self.online.parameters())
         torch.nn.utils.clip_grad_norm_(self.online.parameters(), self._config.gradient_clip_norm)
         self.optimizer.step()
         self.updates += 1

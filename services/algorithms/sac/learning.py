@@ -19,6 +19,7 @@ from services.algorithms.actor_critic import (
     published,
     sampling_generator,
 )
+from services.algorithms.data_parallel import average_gradients
 from services.algorithms.interface import Columns, UpdateResult
 from services.algorithms.prioritized import importance_exponent, priorities_from_td
 from services.algorithms.sac.config import SacConfig
@@ -103,6 +104,7 @@ class SacLearner:
         )
         self.critic_optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(result.loss)
+        average_gradients(self.critics.parameters())
         self.critic_optimizer.step()
         diagnostics = self._improve_policy(batch.observation, alpha)
         polyak_update(self.target_critics, self.critics, self._config.target_update_rate)
@@ -119,10 +121,12 @@ class SacLearner:
         self.policy_optimizer.zero_grad(set_to_none=True)
         # Only the policy's gradients: the critics' would be thrown away by their next zero_grad.
         torch.autograd.backward(policy.loss, inputs=list(self.policy.parameters()))
+        average_gradients(self.policy.parameters())
         self.policy_optimizer.step()
         loss = temperature_loss(self.log_temperature, policy.log_prob, self.target_entropy)
         self.temperature_optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
+        average_gradients([self.log_temperature])
         self.temperature_optimizer.step()
         return {
             "policy_loss": policy.loss.detach(),

@@ -18,6 +18,7 @@ from services.algorithms.actor_critic import (
     published,
     sampling_generator,
 )
+from services.algorithms.data_parallel import average_gradients
 from services.algorithms.interface import Columns, UpdateResult
 from services.algorithms.prioritized import importance_exponent, priorities_from_td
 from services.algorithms.td3.config import Td3Config
@@ -89,6 +90,7 @@ class Td3Learner:
         )
         self.critic_optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(result.loss)
+        average_gradients(self.critics.parameters())
         self.critic_optimizer.step()
         self.updates += 1
         if self.updates % self._config.policy_delay == 0:
@@ -106,6 +108,7 @@ class Td3Learner:
         self.policy_optimizer.zero_grad(set_to_none=True)
         # Only the policy's gradients: the critics' would be thrown away by their next zero_grad.
         torch.autograd.backward(loss, inputs=list(self.policy.parameters()))
+        average_gradients(self.policy.parameters())
         self.policy_optimizer.step()
         self._policy_loss = loss.detach()
         rate = self._config.target_update_rate

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from services.algorithms.actor_critic import ContinuousBatch, TwinCritics
+from services.algorithms.data_parallel import batch_noise
 
 # TD3's batch is the shared actor-critic one: unit actions [B, A], n-step reward and discount.
 Td3Batch = ContinuousBatch
@@ -40,7 +41,7 @@ def smoothed_target_actions(
     Drawn even when sigma is 0, so the generator's stream does not depend on the settings.
     """
     action: torch.Tensor = target_policy(next_observation)
-    noise = torch.randn(action.shape, generator=generator, dtype=action.dtype, device=action.device)
+    noise = batch_noise(action.shape, generator, action.dtype, action.device)
     noise = (noise * smoothing.noise).clamp(-smoothing.clip, smoothing.clip)
     return (action + noise).clamp(-1.0, 1.0)
 
