@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from services.evaluation.command import (
     CheckpointOption,
     EpisodeSeedOption,
+    EpisodeTable,
     ModelChoiceOption,
     RunOrModelArgument,
 )
-
-if TYPE_CHECKING:
-    from services.evaluation.episodes import Episode
 
 
 def collect_command(
@@ -83,20 +80,8 @@ def collect_command(
         code_permalink=code_permalink,
         overrides=tuple(overrides or ()),
     )
-    written = 0
-
-    def show(finished: Sequence[Episode]) -> None:
-        nonlocal written
-        if not written:
-            typer.echo(f"{'episode':>7}  {'seed':>10}  {'return':>10}  {'length':>7}")
-        for episode in finished:
-            written += 1
-            typer.echo(
-                f"{written:>7}  {episode.seed:>10}  {episode.episode_return:>10.2f}  {episode.length:>7}"
-            )
-
     try:
-        report = collect(request, show)
+        report = collect(request, EpisodeTable())
     except ValueError as error:  # DatasetError, ModelError, ConfigError, an environment's
         typer.echo(f"apexrl collect: {error}", err=True)
         raise typer.Exit(2) from None

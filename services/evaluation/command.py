@@ -49,6 +49,22 @@ EpisodeSeedOption = Annotated[
 ]
 
 
+class EpisodeTable:
+    """Prints a row per episode as episodes end (a header first): number, seed, return, length."""
+
+    def __init__(self, err: bool = False) -> None:
+        self._err = err
+        self._printed = 0
+
+    def __call__(self, finished: Sequence[Episode]) -> None:
+        if not self._printed:
+            typer.echo(f"{'episode':>7}  {'seed':>10}  {'return':>10}  {'length':>7}", err=self._err)
+        for episode in finished:
+            self._printed += 1
+            row = f"{self._printed:>7}  {episode.seed:>10}  {episode.episode_return:>10.2f}"
+            typer.echo(f"{row}  {episode.length:>7}", err=self._err)
+
+
 def model_test_command(
     run_or_model: RunOrModelArgument,
     model: ModelChoiceOption = None,
@@ -93,19 +109,7 @@ def model_test_command(
         render=render,
         overrides=tuple(overrides or ()),
     )
-    printed = 0
-
-    def show(finished: Sequence[Episode]) -> None:
-        nonlocal printed
-        if not printed:
-            typer.echo(f"{'episode':>7}  {'seed':>10}  {'return':>10}  {'length':>7}", err=as_json)
-        for episode in finished:
-            printed += 1
-            typer.echo(
-                f"{printed:>7}  {episode.seed:>10}  {episode.episode_return:>10.2f}  {episode.length:>7}",
-                err=as_json,
-            )
-
+    show = EpisodeTable(err=as_json)
     try:
         report = evaluate_model(request, show)
     except ValueError as error:  # ModelError, ConfigError, RenderingError, an environment's

@@ -225,6 +225,21 @@ class ComposeStack:
         self._channel.close()
 
 
+@contextmanager
+def running(stack: ComposeStack, actors: int, logs: str) -> Iterator[ComposeStack]:
+    """``stack`` up with ``actors`` actors (leftovers of an earlier run removed first); at the
+    end its logs saved to build/``logs`` and everything, volumes included, removed."""
+    stack.compose("down", "--volumes", "--remove-orphans")
+    try:
+        stack.compose("up", "-d", "--scale", f"actor={actors}")
+        yield stack
+    finally:
+        if stack.containers():
+            stack.save_logs(ROOT / "build" / logs)
+        stack.compose("down", "--volumes", "--remove-orphans")
+        stack.close()
+
+
 def actor_records(status: learner_pb2.GetStatusResponse) -> list[learner_pb2.ActorStatus]:
     return [actor for actor in status.actors if actor.role == learner_pb2.CLIENT_ROLE_ACTOR]
 

@@ -19,6 +19,7 @@ from tests.e2e.compose_stack import (
     ComposeStack,
     actor_records,
     describe,
+    running,
     wait_until,
 )
 
@@ -31,16 +32,10 @@ ACTORS = 2
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[ComposeStack]:
-    stack = ComposeStack(PROJECT, {"APEXRL_EXPERIMENT": str(EXPERIMENT)})
-    stack.compose("down", "--volumes", "--remove-orphans")
-    try:
-        stack.compose("up", "-d", "--scale", f"actor={ACTORS}")
-        yield stack
-    finally:
-        if stack.containers():
-            stack.save_logs(ROOT / "build" / "compose-e2e-atari-logs")
-        stack.compose("down", "--volumes", "--remove-orphans")
-        stack.close()
+    with running(
+        ComposeStack(PROJECT, {"APEXRL_EXPERIMENT": str(EXPERIMENT)}), ACTORS, "compose-e2e-atari-logs"
+    ) as up:
+        yield up
 
 
 @pytest.mark.timeout(900)

@@ -23,6 +23,7 @@ from tests.e2e.compose_stack import (
     ComposeStack,
     actor_records,
     describe,
+    running,
     wait_until,
 )
 
@@ -45,15 +46,8 @@ def stack(secrets: Secrets) -> Iterator[ComposeStack]:
         override_files=[ROOT / "deploy" / "compose" / "secure.yml"],
         security=secrets.settings,
     )
-    stack.compose("down", "--volumes", "--remove-orphans")
-    try:
-        stack.compose("up", "-d", "--scale", f"actor={ACTORS}")
-        yield stack
-    finally:
-        if stack.containers():
-            stack.save_logs(ROOT / "build" / "compose-e2e-secure-logs")
-        stack.compose("down", "--volumes", "--remove-orphans")
-        stack.close()
+    with running(stack, ACTORS, "compose-e2e-secure-logs") as up:
+        yield up
 
 
 def info_code(address: str, security: SecuritySettings) -> grpc.StatusCode:

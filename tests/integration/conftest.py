@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,8 +12,10 @@ from numpy.typing import NDArray
 
 from apexrl.replay.v1 import replay_pb2_grpc
 from services.common.channels import create_channel
+from services.learner.learner import Learner, LearnerSettings
 from services.replay.settings import ReplayShardSettings
 from services.replay.shard import ReplayShard
+from tests.integration.training_fixtures import small_config
 
 ShardFactory = Callable[..., ReplayShard]
 
@@ -31,6 +34,19 @@ def start_shard() -> Iterator[ShardFactory]:
     yield start
     for shard in shards:
         shard.stop(snapshot=False)
+
+
+@pytest.fixture
+def learner(start_shard: ShardFactory, tmp_path: Path) -> Iterator[Learner]:
+    """A learner on an empty shard, with no actors: it never trains, so only the test publishes.
+
+    A module that needs another learner defines its own ``learner`` fixture.
+    """
+    learner = Learner(
+        small_config(), LearnerSettings((start_shard(capacity=1000).address,), tmp_path / "run")
+    )
+    yield learner
+    learner.stop()
 
 
 def stub_for(shard: ReplayShard) -> replay_pb2_grpc.ReplayServiceStub:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,14 +17,6 @@ from tests.integration.conftest import ShardFactory
 from tests.integration.training_fixtures import small_config, wait_for
 
 TIMEOUT_S = 10
-
-
-@pytest.fixture
-def learner(start_shard: ShardFactory, tmp_path: Path) -> Iterator[Learner]:
-    shard = start_shard(capacity=1000)
-    learner = Learner(small_config(), LearnerSettings((shard.address,), tmp_path / "run"))
-    yield learner
-    learner.stop()
 
 
 @pytest.fixture

@@ -4,34 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 
 from apexrl.learner.v1 import learner_pb2, learner_pb2_grpc
 from services.common.serving import message_size_options
-from services.learner.learner import Learner, LearnerSettings
-from tests.integration.conftest import ShardFactory
-from tests.integration.training_fixtures import small_config
+from services.learner.learner import Learner
 
 WATCHERS = 1000
 CHANNELS = 10  # watchers share connections, as clients on a few hosts would
 NEW_VERSIONS = 3
 DEADLINE_S = 3.0  # the deadline the defect report measured other RPCs against
 DELIVERY_BUDGET_S = 120.0  # generous on 2 cores: a failure means a watcher never heard a version
-
-
-@pytest.fixture
-def learner(start_shard: ShardFactory, tmp_path: Path) -> Iterator[Learner]:
-    """A learner with no actors of its own: it never trains, so only the test publishes."""
-    learner = Learner(
-        small_config(), LearnerSettings((start_shard(capacity=1000).address,), tmp_path / "run")
-    )
-    yield learner
-    learner.stop()
 
 
 class Watchers:

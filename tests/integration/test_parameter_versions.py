@@ -47,13 +47,6 @@ def perturb(learner: Learner) -> None:
 
 
 @pytest.fixture
-def learner(start_shard: ShardFactory, tmp_path: Path) -> Iterator[Learner]:
-    learner = start_learner(start_shard(capacity=1000).address, tmp_path / "run")
-    yield learner
-    learner.stop()
-
-
-@pytest.fixture
 def stub(learner: Learner) -> Iterator[learner_pb2_grpc.LearnerServiceStub]:
     channel = create_channel(learner.address)
     yield learner_pb2_grpc.LearnerServiceStub(channel)

@@ -8,29 +8,16 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from services.learner.learner import Learner, LearnerSettings
+from services.learner.learner import Learner
 from services.policy_client import PolicyClient
-from tests.integration.conftest import ShardFactory
-from tests.integration.training_fixtures import small_config
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def learner(start_shard: ShardFactory, tmp_path: Path) -> Iterator[Learner]:
-    """A learner with no actors: it never trains, so only the test publishes."""
-    learner = Learner(
-        small_config(), LearnerSettings((start_shard(capacity=1000).address,), tmp_path / "run")
-    )
-    yield learner
-    learner.stop()
 
 
 def publish_changed(learner: Learner) -> int:
