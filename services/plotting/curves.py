@@ -15,6 +15,8 @@ METRICS_FILE = "metrics.csv"
 # What every curve needs, and what the training panels add (see services/learner/run_log.py).
 CURVE_COLUMNS = ("elapsed_s", "environment_steps", "evaluation_return")
 TRAINING_COLUMNS = ("loss", "updates_per_s")
+# The algorithms' own signals, drawn where a run logged them (TD3's and SAC's policy loss, SAC's alpha).
+ALGORITHM_COLUMNS = ("policy_loss", "temperature")
 
 
 class PlotError(ValueError):
@@ -39,6 +41,8 @@ class RunCurves:
     return_by_time: Series
     loss_by_steps: Series
     updates_per_s_by_time: Series
+    policy_loss_by_steps: Series = Series((), ())
+    temperature_by_steps: Series = Series((), ())
 
     @property
     def evaluated(self) -> bool:
@@ -98,13 +102,18 @@ def read_run(run: Path, label: str | None = None, training: bool = False) -> Run
     times: list[tuple[float, float]] = []
     losses: list[tuple[float, float]] = []
     rates: list[tuple[float, float]] = []
+    # Older runs and Ape-X DQN have no such columns, or leave them empty: no curve then.
+    present = [name for name in ALGORITHM_COLUMNS if training and name in (reader.fieldnames or ())]
+    signals: dict[str, list[tuple[float, float]]] = {name: [] for name in ALGORITHM_COLUMNS}
     for line, row in enumerate(reader, start=2):
-        value = {name: _number(row[name], path, line, name) for name in needed}
+        value = {name: _number(row[name], path, line, name) for name in (*needed, *present)}
         steps.append((value["environment_steps"], value["evaluation_return"]))
         times.append((value["elapsed_s"], value["evaluation_return"]))
         if training:
             losses.append((value["environment_steps"], value["loss"]))
             rates.append((value["elapsed_s"], value["updates_per_s"]))
+        for name in present:
+            signals[name].append((value["environment_steps"], value[name]))
     return RunCurves(
         label=label if label is not None else path.parent.resolve().name,
         metrics_path=path,
@@ -112,6 +121,8 @@ def read_run(run: Path, label: str | None = None, training: bool = False) -> Run
         return_by_time=_series(times),
         loss_by_steps=_series(losses),
         updates_per_s_by_time=_series(rates),
+        policy_loss_by_steps=_series(signals["policy_loss"]),
+        temperature_by_steps=_series(signals["temperature"]),
     )
 
 
@@ -125,12 +136,14 @@ def draw_curves(runs: Sequence[RunCurves], title: str | None = None, training: b
     """Evaluation return against environment steps and against wall time, one line per run.
 
     With ``training`` a second row adds the training loss against environment steps and the
-    updates per second against wall time. A run without evaluations keeps its (empty) line,
-    so the legend still names it.
+    updates per second against wall time, and where any run logged them (TD3, SAC) a third
+    the policy loss and SAC's temperature against environment steps. A run without
+    evaluations keeps its (empty) line, so the legend still names it.
     """
     if not runs:
         raise ValueError("draw_curves needs at least one run")
-    rows = 2 if training else 1
+    signals = training and any(run.policy_loss_by_steps.y or run.temperature_by_steps.y for run in runs)
+    rows = 1 + training + signals
     figure = Figure(figsize=(11, 4 + 3.5 * (rows - 1) + 0.3 * len(runs)), layout="constrained")
     grid = figure.subplots(rows, 2, squeeze=False)
     by_steps, by_time = grid[0]
@@ -148,6 +161,14 @@ def draw_curves(runs: Sequence[RunCurves], title: str | None = None, training: b
         losses = [value for run in runs for value in run.loss_by_steps.y]
         if losses and min(losses) > 0:
             loss.set_yscale("log")  # losses span orders of magnitude as training settles
+    if signals:
+        policy, temperature = grid[2]
+        _style(policy, "environment steps", "policy loss")
+        _style(temperature, "environment steps", "temperature (alpha)")
+        panels += [
+            (policy, lambda run: run.policy_loss_by_steps),
+            (temperature, lambda run: run.temperature_by_steps),
+        ]
     for index, run in enumerate(runs):
         label = run.label if run.evaluated else f"{run.label} (no evaluation yet)"
         for axes, series_of in panels:

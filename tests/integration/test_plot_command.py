@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import (  # type: ignore[import-untyped]
     EventAccumulator,
@@ -178,7 +179,11 @@ def test_plot_of_dqn_td3_and_sac_runs(dqn_run: Path, td3_run: Path, sac_run: Pat
     assert result.code == 0, result.stderr
     assert output.read_bytes().startswith(PNG_MAGIC)
     figure = draw_curves([read_run(run, training=True) for run in (dqn_run, td3_run, sac_run)], training=True)
-    assert [len(axes.get_lines()) for axes in figure.axes] == [3, 3, 3, 3]
+    # A third row for TD3's and SAC's policy losses and SAC's temperature; DQN's lines stay empty.
+    assert [len(axes.get_lines()) for axes in figure.axes] == [3, 3, 3, 3, 3, 3]
+    policy, temperature = figure.axes[4:]
+    assert [np.size(line.get_xdata()) > 0 for line in policy.get_lines()] == [False, True, True]
+    assert [np.size(line.get_xdata()) > 0 for line in temperature.get_lines()] == [False, False, True]
     texts = [text.get_text() for text in figure.legends[0].get_texts()]
     assert texts == ["cartpole-dqn", "pendulum-td3", "pendulum-sac"]
 

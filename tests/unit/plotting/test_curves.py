@@ -100,6 +100,33 @@ def test_training_panels_add_the_loss_by_steps_and_the_updates_per_second_by_tim
     assert points(rate.get_lines()[0]) == Series((0.2, 1.0, 2.0), (2.0, 10.0, 20.0))
 
 
+def test_runs_that_logged_policy_losses_and_a_temperature_get_a_third_row(tmp_path: Path) -> None:
+    sac = write_run(
+        tmp_path / "sac",
+        [
+            {**row(1, 100, 9.0), "policy_loss": -3.0, "temperature": 0.5},
+            {**row(2, 300, 50.0), "policy_loss": -7.5, "temperature": 0.25},
+        ],
+    )
+    dqn = write_run(tmp_path / "dqn", [row(1, 100, 9.0), row(2, 300, 50.0)])  # the columns, empty
+    runs = [read_run(sac, training=True), read_run(dqn, training=True)]
+    figure = draw_curves(runs, training=True)
+    assert len(figure.axes) == 6
+    policy, temperature = figure.axes[4:]
+    assert points(policy.get_lines()[0]) == Series((100.0, 300.0), (-3.0, -7.5))
+    assert points(temperature.get_lines()[0]) == Series((100.0, 300.0), (0.5, 0.25))
+    # DQN's line is there, so the legend lines up, and holds no points.
+    assert points(policy.get_lines()[1]) == Series((), ())
+    # Runs without the signals (DQN, or a metrics.csv from before them) keep two rows.
+    older = write_run(
+        tmp_path / "older",
+        [row(1, 100, 9.0)],
+        header="elapsed_s,environment_steps,evaluation_return,loss,updates_per_s",
+    )
+    assert len(draw_curves([runs[1], read_run(older, training=True)], training=True).axes) == 4
+    assert len(draw_curves(runs).axes) == 2  # without --training, returns only
+
+
 def test_a_run_without_an_evaluation_keeps_an_empty_line_that_the_legend_names(tmp_path: Path) -> None:
     evaluated = read_run(write_run(tmp_path / "a", [row(1, 100, 9.0)]))
     waiting = read_run(write_run(tmp_path / "b", [row(1, 100, "nan"), row(2, 200, "")]), label="fresh")
