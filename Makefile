@@ -5,8 +5,11 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PROTOS := $(shell find protos -name '*.proto')
 GENERATED := apexrl/.generated
+# A failing benchmark fails its recipe even though its output goes through a pipe.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 
-.PHONY: setup protos test test-fast lint format bench bench-replay bench-learner bench-learner-group bench-actors bench-atari bench-solve run images compose-test clean
+.PHONY: setup protos test test-fast lint format bench bench-replay bench-learner bench-learner-group bench-actors bench-broadcast bench-atari bench-solve bench-startup bench-compare run images compose-test clean
 
 setup: $(VENV)/.installed $(GENERATED)
 
@@ -45,28 +48,44 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: bench-replay bench-learner bench-actors bench-broadcast bench-solve
+# Every benchmark's JSON lines go to the record (bench/results.jsonl, committed) stamped with
+# the commit, the date and the machine; one run id for all the benchmarks of one `make`.
+ifeq ($(origin APEXRL_BENCH_RUN_ID),undefined)
+APEXRL_BENCH_RUN_ID := $(shell date -u +%Y%m%dT%H%M%SZ)-$(shell git rev-parse --short=7 HEAD 2>/dev/null || echo nogit)
+endif
+export APEXRL_BENCH_RUN_ID
+BENCH_RECORD ?= bench/results.jsonl
+RECORD := $(PY) -m bench.record append --record $(BENCH_RECORD)
+
+bench: bench-replay bench-learner bench-actors bench-broadcast bench-startup bench-solve
 
 bench-replay: setup
-	$(PY) bench/replay_throughput.py
+	$(PY) bench/replay_throughput.py | $(RECORD)
 
 bench-learner: setup
-	$(PY) bench/learner_throughput.py
+	$(PY) bench/learner_throughput.py | $(RECORD)
 
 bench-actors: setup
-	$(PY) bench/actor_throughput.py
+	$(PY) bench/actor_throughput.py | $(RECORD)
 
 bench-broadcast: setup
-	$(PY) bench/parameter_broadcast.py
+	$(PY) bench/parameter_broadcast.py | $(RECORD)
 
 bench-learner-group: setup
-	$(PY) bench/learner_group.py
+	$(PY) bench/learner_group.py | $(RECORD)
 
 bench-atari: setup
-	$(PY) bench/atari_throughput.py
+	$(PY) bench/atari_throughput.py | $(RECORD)
+
+bench-startup: setup
+	$(PY) bench/startup.py | $(RECORD)
 
 bench-solve: setup
-	$(PY) bench/time_to_solve.py cartpole
+	$(PY) bench/time_to_solve.py cartpole | $(RECORD)
+
+# The newest recorded run against the newest earlier one on this machine; exit 1 on a regression.
+bench-compare: setup
+	$(PY) -m bench.record compare --record $(BENCH_RECORD)
 
 # `apexrl run` for SOAK_SECONDS with the memory of every process over time; a PNG and JSON lines.
 .PHONY: soak

@@ -101,6 +101,7 @@ def health_command(
         raise typer.Exit(1)
 
 
-def main() -> None:
+def main(args: list[str] | None = None) -> None:
+    """The command line on ``args`` (default: ``sys.argv``), as ``python -m services`` runs it."""
     apply_child_settings()
-    app()
+    app(args=args, prog_name="apexrl")

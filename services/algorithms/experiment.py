@@ -17,7 +17,7 @@ from apexrl.learner.v1 import learner_pb2
 from services.algorithms.apex_dqn.config import ApexDqnConfig
 from services.algorithms.sac.config import SacConfig
 from services.algorithms.td3.config import Td3Config
-from services.common.config import StrictModel, load_config
+from services.common.config import ConfigError, StrictModel, load_config
 from services.common.experiment import EnvironmentConfig, GeneralConfig
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -110,3 +110,13 @@ def _observation_codec(config: ExperimentConfig) -> tensor_pb2.Codec.ValueType:
     if choice == "auto":
         choice = "zstd" if config.environment.atari is not None else "none"
     return tensor_pb2.CODEC_ZSTD if choice == "zstd" else tensor_pb2.CODEC_UNSPECIFIED
+
+
+def batch_share(batch_size: int, learners: int) -> int:
+    """Each learner's share of the global batch; ConfigError where it does not divide evenly."""
+    if batch_size % learners:
+        raise ConfigError(
+            f"algorithm.batch_size {batch_size} does not split over {learners} learners: "
+            "use a multiple of the learner count"
+        )
+    return batch_size // learners

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-_ADDRESS = re.compile(r"serving address=(\S+)")
+ADDRESS_LINE = re.compile(r"serving address=(\S+)")
 _PR_SET_PDEATHSIG = 1
 # "<launcher pid>:<niceness>", for a child to apply itself (apply_child_settings).
 _CHILD_VARIABLE = "APEXRL_LOCAL_CHILD"
@@ -23,6 +23,12 @@ def die_with_parent() -> None:
     """Asks the kernel to send this process SIGTERM when its parent dies (no orphans); Linux only."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def child_environment(niceness: int, parent: int | None = None) -> dict[str, str]:
+    """This process's environment for a child of ``parent`` (this process by default) that lowers
+    its priority by ``niceness``: what :func:`apply_child_settings` reads in the child."""
+    return {**os.environ, _CHILD_VARIABLE: f"{parent or os.getpid()}:{niceness}"}
 
 
 def apply_child_settings() -> None:
@@ -66,7 +72,7 @@ class LocalProcess:
             stdout=self._log,
             text=True,
             start_new_session=True,
-            env={**os.environ, _CHILD_VARIABLE: f"{os.getpid()}:{niceness}"},
+            env=child_environment(niceness),
         )
         assert self.process.stderr is not None
         # Keep draining stderr, or the child blocks once the pipe buffer fills.
@@ -77,7 +83,7 @@ class LocalProcess:
         for line in stream:
             self._log.write(line)
             self._log.flush()
-            if not self.address and (match := _ADDRESS.search(line)):
+            if not self.address and (match := ADDRESS_LINE.search(line)):
                 self.address = match.group(1)
                 self._serving.set()
         self._serving.set()  # the stream ended: the process is gone
@@ -90,8 +96,16 @@ class LocalProcess:
             raise RuntimeError(f"`apexrl {self.args[0]}` did not start serving (exit code {code})")
         return self.address
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
     def exit_code(self) -> int | None:
         return self.process.poll()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would end it (tests)."""
+        self.process.kill()
 
     def terminate(self) -> None:
         """Sends SIGTERM once: a second one could land after the child's handler is gone, mid-exit."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from services.common.local_process import LocalProcess
 from services.launcher.log_errors import error_lines, read_log
+from services.launcher.zygote import ForkedProcess, Zygote, ZygoteError
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,11 @@ class RunFailedError(RuntimeError):
 
 
 class Child:
-    """One role's process. ``args(port)`` builds its command line; port 0 means any free port."""
+    """One role's process. ``args(port)`` builds its command line; port 0 means any free port.
+
+    With a ``zygote`` the process is forked from it, torch already imported (see
+    ``zygote.py``); without one, or once it is gone, it is started as ``python -m services``.
+    """
 
     def __init__(
         self,
@@ -36,8 +41,10 @@ class Child:
         serves: bool,
         max_restarts: int = 3,
         niceness: int = 0,
+        zygote: Zygote | None = None,
     ) -> None:
         self.name = name
+        self._zygote = zygote
         self._args = args
         self.log_path = log_path
         self._serves = serves
@@ -45,7 +52,7 @@ class Child:
         self._niceness = niceness
         self.restarts = 0
         self.port = 0
-        self.process: LocalProcess | None = None
+        self.process: LocalProcess | ForkedProcess | None = None
         self._log_start = 0  # where the current process's output begins in the (shared) log
 
     @property
@@ -58,7 +65,14 @@ class Child:
     def launch(self) -> Child:
         """Starts the process without waiting for it to serve."""
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self.process = LocalProcess(self._args(self.port), self.log_path, self._niceness)
+        args = self._args(self.port)
+        if self._zygote is not None and self._zygote.alive:
+            try:
+                self.process = self._zygote.fork(args, self.log_path, self._niceness)
+                return self
+            except ZygoteError as error:
+                logger.warning("zygote unavailable, spawning child=%s error=%s", self.name, error)
+        self.process = LocalProcess(args, self.log_path, self._niceness)
         return self
 
     def ready(self) -> Child:

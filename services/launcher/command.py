@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import shutil
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -21,6 +24,7 @@ from services.launcher.progress_view import ProgressView
 if TYPE_CHECKING:
     from services.algorithms.experiment import ExperimentConfig
     from services.launcher.local_run import RunOutcome
+    from services.launcher.zygote import Zygote
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +58,37 @@ def _summary(console: Console, outcome: RunOutcome, solved_return: float | None)
     datasets = ", datasets/" if (outcome.run_dir / DATASETS).is_dir() else ""
     console.print(f"  checkpoints/, tensorboard/, logs/{datasets}", highlight=False)
     console.print(f"  continue it: apexrl run --resume {outcome.run_dir}", soft_wrap=True, highlight=False)
+
+
+def _refuse(console: Console, error: Exception) -> NoReturn:
+    console.print(f"apexrl run: {error}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None
+
+
+def start_zygote() -> Zygote | None:
+    """The run's preloaded parent (``zygote.py``), where processes can be forked (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    from services.launcher.zygote import Zygote
+
+    return Zygote()
+
+
+def precheck(experiment: ExperimentConfig, zygote: Zygote | None) -> str | None:
+    """Why the learner could not start on ``experiment`` (``prechecks``), checked in the zygote."""
+    from services.launcher.prechecks import PrecheckError, check_experiment
+    from services.launcher.zygote import ZygoteError
+
+    if zygote is not None:
+        try:
+            return zygote.precheck(experiment.model_dump(mode="json"))
+        except ZygoteError as error:
+            logger.warning("zygote unavailable, checking here error=%s", error)
+    try:
+        check_experiment(experiment)
+    except PrecheckError as error:
+        return str(error)
+    return None
 
 
 class RunFolderError(ValueError):
@@ -97,14 +132,13 @@ def _choose_run(
     return load_experiment(str(resume / "config.yaml"), overrides), resume
 
 
-def _ensure_learning_curve(run_dir: Path, title: str) -> None:
-    """The learner draws the curve when it stops; if it could not, the launcher draws it."""
+def _draw_learning_curve(run_dir: Path, title: str) -> None:
+    """The run's learning_curve.png, from its whole metrics.csv (a resumed run's too)."""
     from services.learner.learning_curve import plot_learning_curve  # matplotlib: only when needed
 
-    curve = run_dir / "learning_curve.png"
     metrics = run_dir / "metrics.csv"
-    if not curve.exists() and metrics.is_file():
-        plot_learning_curve(metrics, curve, title)
+    if metrics.is_file():
+        plot_learning_curve(metrics, run_dir / "learning_curve.png", title)
 
 
 def run_command(
@@ -151,23 +185,23 @@ def run_command(
     log_level: Annotated[str, typer.Option(help="Level of the launcher's own log file.")] = "INFO",
 ) -> None:
     """Train on this machine: replay shards, learner, evaluator and actors as local processes."""
+    from services.algorithms.experiment import batch_share
     from services.datasets.writer import DatasetError, require_minari
     from services.launcher.children import RunFailedError
     from services.launcher.local_run import run_locally
-    from services.launcher.prechecks import PrecheckError, check_experiment  # torch, gymnasium
-    from services.learner.group import batch_share
+    from services.launcher.prechecks import PrecheckError
 
     console = Console()
     try:
         experiment, folder = _choose_run(config, overrides or [], run_dir, resume, shards)
-        # Before any process or folder: what would stop the learner is said here, in one line.
-        check_experiment(experiment)
         batch_share(experiment.algorithm.batch_size, learners)
         if record_actors:
             require_minari()
-    except (ConfigError, DatasetError, FileNotFoundError, PrecheckError, RunFolderError) as error:
-        console.print(f"apexrl run: {error}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    except (ConfigError, DatasetError, FileNotFoundError, RunFolderError) as error:
+        _refuse(console, error)
+    # It imports torch while the run folder and the shards are made ready.
+    zygote = start_zygote()
+    new_folder = not folder.exists()
     _log_to_file(folder / "logs" / "launcher.log", log_level)
     if secure:
         # The children inherit the settings through the environment (file paths only).
@@ -176,7 +210,23 @@ def run_command(
     stop = install_stop_handlers()
     view = ProgressView(console, experiment)
     try:
-        outcome = run_locally(experiment, folder, actors, shards, stop, view, record_actors, learners)
+        outcome = run_locally(
+            experiment,
+            folder,
+            actors,
+            shards,
+            stop,
+            view,
+            record_actors,
+            learners,
+            zygote,
+            functools.partial(precheck, experiment, zygote),
+        )
+    except PrecheckError as error:
+        # What would stop the learner at start is said in one line, and the run leaves nothing.
+        if new_folder:
+            shutil.rmtree(folder, ignore_errors=True)
+        _refuse(console, error)
     except RunFailedError as error:
         logger.error("run failed: %s", error)
         # The part's own words may hold brackets; they are not markup.
@@ -185,7 +235,10 @@ def run_command(
         )
         raise typer.Exit(1) from None
     finally:
-        _ensure_learning_curve(folder, experiment.environment.id)
+        if zygote is not None:
+            zygote.close()
+        if folder.exists():
+            _draw_learning_curve(folder, experiment.environment.id)
     _summary(console, outcome, experiment.general.solved_return)
     if outcome.interrupted:
         raise typer.Exit(130)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import math
 import threading
@@ -20,10 +21,14 @@ from services.algorithms.experiment import ExperimentConfig
 from services.common.channels import create_channel
 from services.launcher.children import Child
 from services.launcher.ports import pick_free_ports
+from services.launcher.prechecks import PrecheckError
 from services.launcher.progress_view import ProgressView, status_row
+from services.launcher.zygote import Zygote
 
 logger = logging.getLogger(__name__)
 
+# What draws the learning curve (matplotlib), imported ahead of the stop.
+_CURVES = "services.learner.learning_curve"
 ACTOR_NICENESS = 10
 EVALUATOR_NICENESS = 5
 
@@ -57,9 +62,11 @@ class LocalRun:
         shards: int,
         record_actors: bool = False,
         learners: int = 1,
+        zygote: Zygote | None = None,
     ) -> None:
         self.config = config
         self._learners = learners
+        self._zygote = zygote
         # Where rank 0 of a learner group meets the others (chosen at start).
         self._group_port = 0
         self.run_dir = run_dir
@@ -79,7 +86,9 @@ class LocalRun:
         # A learner group is started and stopped whole: a rank restarted alone could not rejoin
         # it, so any rank that exits ends the run, naming it.
         restarts = {"max_restarts": 0} if learners > 1 else {}
-        self.learner = Child("learner", self._learner_args, logs / "learner.log", True, **restarts)
+        self.learner = Child(
+            "learner", self._learner_args, logs / "learner.log", True, zygote=zygote, **restarts
+        )
         self.followers = [
             Child(
                 f"learner-{rank}",
@@ -87,6 +96,7 @@ class LocalRun:
                 logs / f"learner-{rank}.log",
                 False,
                 max_restarts=0,
+                zygote=zygote,
             )
             for rank in range(1, learners)
         ]
@@ -99,6 +109,7 @@ class LocalRun:
             logs / "evaluator.log",
             False,
             niceness=EVALUATOR_NICENESS,
+            zygote=zygote,
         )
         # Each actor writes its own dataset, named by its id: datasets/actor-<id>.
         recording = ["--dataset-dir", str(run_dir / DATASETS)] if record_actors else []
@@ -109,6 +120,7 @@ class LocalRun:
                 logs / f"actor-{i}.log",
                 False,
                 niceness=ACTOR_NICENESS,
+                zygote=zygote,
             )
             for i in range(actors)
         ]
@@ -142,7 +154,9 @@ class LocalRun:
         return args
 
     def _learner_args(self, port: int) -> list[str]:
-        return [*self._group_args(0), "--run-dir", str(self.run_dir), "--port", str(port)]
+        # The launcher draws the learning curve once every part has stopped (apexrl run's stop).
+        args = [*self._group_args(0), "--run-dir", str(self.run_dir), "--port", str(port)]
+        return [*args, "--no-learning-curve"]
 
     def _follower_args(self, rank: int, _port: int) -> list[str]:
         return self._group_args(rank)
@@ -161,16 +175,33 @@ class LocalRun:
     def _children(self) -> list[Child]:
         return [*self.shards, self.learner, *self.followers, self.evaluator, *self.actors]
 
-    def start(self) -> None:
-        """Every role at once, on ports chosen first: clients retry until the services they need serve."""
+    def start(self, precheck: Callable[[], str | None] = lambda: None) -> None:
+        """Every role at once, on ports chosen first: clients retry until the services they need serve.
+
+        The shards, which need no torch, start first; the rest once ``precheck`` (which may
+        wait for the zygote's imports meanwhile) has found no reason the learner would stop
+        at start; PrecheckError with its reason otherwise.
+        """
         serving = [*self.shards, self.learner]
         *ports, self._group_port = pick_free_ports(len(serving) + 1)
         for child, port in zip(serving, ports, strict=True):
             child.port = port
-        for child in self._children():
+        for shard in self.shards:
+            shard.launch()
+        logger.info("shards started count=%d", len(self.shards))
+        problem = precheck()
+        if problem is not None:
+            raise PrecheckError(problem)
+        logger.info("experiment checked")
+        for child in self._children()[len(self.shards) :]:
             child.launch()
+        logger.info("roles started forked=%s", self._zygote is not None and self._zygote.alive)
         for child in self._children():
             child.ready()
+        logger.info("every role serving")
+        # The launcher draws the learning curve at the end: matplotlib is imported while it
+        # waits anyway, so the stop does not wait for the import.
+        threading.Thread(target=importlib.import_module, args=(_CURVES,), daemon=True).start()
 
     def supervise(self, stop: threading.Event, view: ProgressView, poll_s: float = 0.25) -> RunOutcome:
         """Runs until the learner reports the run finished, ``stop`` is set, or a part fails for good."""
@@ -213,12 +244,15 @@ def run_locally(
     view: ProgressView,
     record_actors: bool = False,
     learners: int = 1,
+    zygote: Zygote | None = None,
+    precheck: Callable[[], str | None] = lambda: None,
 ) -> RunOutcome:
-    """The whole run; RunFailedError names the part that could not be kept alive."""
-    run = LocalRun(config, run_dir, actors, shards, record_actors, learners)
+    """The whole run; RunFailedError names the part that could not be kept alive, PrecheckError
+    the reason the experiment cannot run (nothing but the shards started then)."""
+    run = LocalRun(config, run_dir, actors, shards, record_actors, learners, zygote)
     started = time.monotonic()
     try:
-        run.start()
+        run.start(precheck)
         outcome = run.supervise(stop, view)
     finally:
         view.close()

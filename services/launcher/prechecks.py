@@ -5,19 +5,19 @@ its environment is created once, the algorithm's family checks the action space,
 learner's networks are built once on the CPU for the environment's observations, and a
 ``cuda`` device must exist. Each failure is one PrecheckError naming the problem.
 
-It imports torch and gymnasium, so ``apexrl run`` imports it only when it runs.
+``apexrl run`` runs it in its zygote, which has torch and gymnasium imported already;
+importing this module imports neither.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from services.algorithms.experiment import ExperimentConfig
-from services.algorithms.families import family_named
-from services.common.environments import EnvironmentSpec, environment_spec, make_environment
-from services.learner.device import resolve_device
+
+if TYPE_CHECKING:
+    from services.common.environments import EnvironmentSpec
 
 
 class PrecheckError(ValueError):
@@ -26,6 +26,11 @@ class PrecheckError(ValueError):
 
 def check_experiment(config: ExperimentConfig) -> None:
     """PrecheckError naming the first problem that would stop the run's learner at start."""
+    import torch  # noqa: PLC0415
+
+    from services.algorithms.families import family_named  # noqa: PLC0415
+    from services.learner.device import resolve_device  # noqa: PLC0415
+
     described = _describe(config)
     environment_id = config.environment.id
     family = family_named(config.algorithm.name)
@@ -61,6 +66,8 @@ class _Described:
 
 def _describe(config: ExperimentConfig) -> _Described:
     """Creates the experiment's environment once, as the learner will, and describes it."""
+    from services.common.environments import environment_spec, make_environment  # noqa: PLC0415
+
     environment = config.environment
     try:
         made = make_environment(

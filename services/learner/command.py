@@ -89,6 +89,13 @@ def learner_command(
     run_dir: Annotated[
         Path, typer.Option(envvar=_ENV + "RUN_DIR", help="Checkpoints, metrics, best model.")
     ] = Path("runs/learner"),
+    learning_curve: Annotated[
+        bool,
+        typer.Option(
+            envvar=_ENV + "LEARNING_CURVE",
+            help="Draw RUN_DIR/learning_curve.png when stopped (apexrl run draws it itself).",
+        ),
+    ] = True,
     host: Annotated[str, typer.Option(envvar=_ENV + "HOST", help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar=_ENV + "PORT", help="gRPC port; 0 picks a free one.")] = 0,
     metrics_port: Annotated[
@@ -167,9 +174,11 @@ def learner_command(
     logger.info("learner serving address=%s metrics_port=%s", learner.address, learner.metrics_port)
     wait_until_stopped(stop)
     learner.stop()
-    from services.learner.learning_curve import plot_learning_curve  # matplotlib: only now
+    if learning_curve:
+        from services.learner.learning_curve import plot_learning_curve  # matplotlib: only now
 
-    plot_learning_curve(learner.run_log.csv_path, run_dir / "learning_curve.png", experiment.environment.id)
+        csv_path = learner.run_log.csv_path
+        plot_learning_curve(csv_path, run_dir / "learning_curve.png", experiment.environment.id)
     if failures:
         typer.echo(f"apexrl learner: {failures[0]}", err=True)
     exit_without_teardown(1 if failures else 0)

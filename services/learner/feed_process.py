@@ -46,6 +46,7 @@ from numpy.typing import NDArray
 from services.common.local_process import die_with_parent
 from services.common.logs import configure_logging
 from services.common.sharded_replay import SamplePiece
+from services.common.signals import exit_without_teardown
 from services.learner.replay_feed import BatchPrefetcher, PrioritySender
 
 logger = logging.getLogger(__name__)
@@ -475,6 +476,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     die_with_parent()
     configure_logging("learner-feed", os.environ.get("APEXRL_LOG_LEVEL", "INFO"))
     _Worker(arguments).run()
+    exit_without_teardown()
 
 
 if __name__ == "__main__":

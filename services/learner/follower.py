@@ -13,7 +13,7 @@ import threading
 
 import torch
 
-from services.algorithms.experiment import ExperimentConfig
+from services.algorithms.experiment import ExperimentConfig, batch_share
 from services.algorithms.families import family_named
 from services.common.environments import describe_environment
 from services.learner.device import resolve_device
@@ -22,7 +22,6 @@ from services.learner.group import (
     GroupError,
     GroupSettings,
     LearnerGroup,
-    batch_share,
     feed_seed,
     group_device,
 )

@@ -24,11 +24,10 @@ from safetensors.torch import load, save
 
 from services.algorithms.data_parallel import GroupError
 from services.algorithms.interface import LearnerCore
-from services.common.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GroupError", "GroupSettings", "LearnerGroup", "batch_share", "feed_seed", "group_device"]
+__all__ = ["GroupError", "GroupSettings", "LearnerGroup", "feed_seed", "group_device"]
 
 
 @dataclass(frozen=True)
@@ -45,16 +44,6 @@ class GroupSettings:
             raise ValueError(f"learner rank {self.rank} is not in a group of {self.size}")
         if self.size > 1 and not self.address:
             raise ValueError(f"a group of {self.size} learners needs --group-address HOST:PORT (rank 0's)")
-
-
-def batch_share(batch_size: int, learners: int) -> int:
-    """Each learner's share of the global batch; ConfigError where it does not divide evenly."""
-    if batch_size % learners:
-        raise ConfigError(
-            f"algorithm.batch_size {batch_size} does not split over {learners} learners: "
-            "use a multiple of the learner count"
-        )
-    return batch_size // learners
 
 
 def group_device(device: torch.device, group: GroupSettings | None) -> torch.device:

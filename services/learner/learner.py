@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.numpy import save_file
 
-from services.algorithms.experiment import ExperimentConfig
+from services.algorithms.experiment import ExperimentConfig, batch_share
 from services.algorithms.families import family_named
 from services.algorithms.interface import LearnerCore
 from services.common import tensor_codec
@@ -31,7 +31,7 @@ from services.learner.checkpoint import (
 )
 from services.learner.device import resolve_device
 from services.learner.feed_process import ReplayFeed
-from services.learner.group import GroupSettings, LearnerGroup, batch_share, feed_seed, group_device
+from services.learner.group import GroupSettings, LearnerGroup, feed_seed, group_device
 from services.learner.metrics import LearnerMetrics
 from services.learner.parameter_store import ParameterStore
 from services.learner.progress import Progress

@@ -79,6 +79,7 @@ class Trainer:
         self._update_rate = RateMeter()
         self._step_rate = RateMeter()
         self._thread = threading.Thread(target=self._run, name="trainer", daemon=True)
+        self._trained = False  # whether this process has made an update yet (logged once)
 
     def start(self) -> Trainer:
         self._thread.start()
@@ -143,6 +144,11 @@ class Trainer:
         self.snapshot.loss = result.loss
         self.snapshot.diagnostics = result.diagnostics
         self._metrics.updates.inc()
+        if not self._trained:
+            self._trained = True
+            logger.info(
+                "first update updates=%d replay_size=%d", self._learner.updates, self._feed.replay_size
+            )
         if self._learner.updates % self._config.algorithm.parameter_publish_interval == 0:
             learner = self._learner
             self._store.publish(learner.actor_parameters(), learner.policy_parameters(), learner.updates)

@@ -19,7 +19,7 @@ from services.common.security import (
     TokenFileOption,
     configure_from_flags,
 )
-from services.common.signals import install_stop_handlers, wait_until_stopped
+from services.common.signals import exit_without_teardown, install_stop_handlers, wait_until_stopped
 from services.replay.settings import ReplayShardSettings
 from services.replay.shard import ReplayShard
 
@@ -90,3 +90,4 @@ def replay_command(
     logger.info("replay shard serving address=%s metrics_port=%s", shard.address, shard.metrics_port)
     wait_until_stopped(stop)
     shard.stop()
+    exit_without_teardown()

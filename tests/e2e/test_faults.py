@@ -227,8 +227,11 @@ class Run:
         return found[0]
 
     def children(self) -> dict[int, str]:
-        """The launcher's child processes: pid -> the log their stdout goes to."""
-        found = {}
+        """The launcher's processes: pid -> the log their stdout goes to.
+
+        They are its children (the shards) and its zygote's (the roles forked from it).
+        """
+        processes = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -237,9 +240,10 @@ class Run:
                 stdout = os.readlink(entry / "fd" / "1")
             except (OSError, IndexError, ValueError):
                 continue  # gone meanwhile, or not ours to read
-            if parent == self.process.pid:
-                found[int(entry.name)] = stdout
-        return found
+            processes[int(entry.name)] = (parent, stdout)
+        launcher = self.process.pid
+        parents = {launcher} | {pid for pid, (parent, _) in processes.items() if parent == launcher}
+        return {pid: stdout for pid, (parent, stdout) in processes.items() if parent in parents}
 
     def pid(self, name: str) -> int:
         """The live process of child ``name``: the launcher's child whose stdout is its log."""

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.common.health_probe import is_serving
+from services.common.local_process import LocalProcess
 from services.launcher.children import Child, RunFailedError
 from services.launcher.ports import pick_free_ports
 
@@ -44,7 +45,7 @@ def test_a_serving_child_that_dies_is_restarted_on_the_same_port(tmp_path: Path)
         assert is_serving(child.address, REPLAY)
         child.check()  # alive: nothing to do
         assert child.restarts == 0
-        assert child.process is not None
+        assert isinstance(child.process, LocalProcess)  # no zygote: spawned
         first = child.process.process
         first.kill()  # dies as a crash would, without draining
         first.wait(timeout=30)
@@ -52,7 +53,7 @@ def test_a_serving_child_that_dies_is_restarted_on_the_same_port(tmp_path: Path)
         child.check()  # restarts it and waits until it serves again
         assert child.restarts == 1
         assert child.process is not None
-        assert child.process.process.pid != first.pid
+        assert child.process.pid != first.pid
         assert child.process.exit_code() is None
         assert child.port == port
         assert child.process.address == f"127.0.0.1:{port}"
@@ -116,7 +117,7 @@ def test_a_restarted_child_s_reason_is_its_latest_process_s(tmp_path: Path) -> N
         assert child.process is not None
         # Wait until the second process serves, so its whole start-up is in the log.
         assert child.process.wait_for_address() == f"127.0.0.1:{port}"
-        child.process.process.kill()
+        child.process.kill()
         error = check_until_failed(child, timeout_s=120)
     finally:
         child.stop()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from services.algorithms.experiment import batch_share
 from services.common.config import ConfigError
-from services.learner.group import GroupSettings, batch_share, feed_seed
+from services.learner.group import GroupSettings, feed_seed
 
 
 def test_each_learner_takes_an_equal_share_of_the_global_batch() -> None:
