@@ -1,12 +1,17 @@
 """Environment steps per second of 1, 2, 4 and 8 actor processes, against a bare loop running the same policy.
 
-Usage: ``.venv/bin/python bench/actor_throughput.py [--seconds 10] [--actors 1,2,4,8] [--repeats 3]``.
+Usage: ``.venv/bin/python bench/actor_throughput.py [--seconds 10] [--actors 1,2,4,8] [--repeats 3]
+[--fast-actors 1,2]``.
 The distributed actors are real ``apexrl actor`` processes registered with a learner
 that serves parameters but does not train (its learning threshold is never
 reached), inserting into two replay shards. The bare loop steps the same
 environments with the same network, n-step builder and exploration as the first
 actor (rung 0 of the ladder: epsilon 0.4, whose short episodes reset often) in this
 process, with no replay, learner or network in between.
+
+A second workload, ``cartpole-16-environments``, runs the same with 16 environments per
+actor (``--fast-actors`` counts): one policy call then serves 16 steps, so the bare loop
+runs 2-3 times as fast, and what an actor adds per step weighs that much more.
 
 This VM's speed drifts by 10-20% over minutes, so every measure is repeated: each
 round runs the bare loop and then each actor count once, a count's figure is the
@@ -21,7 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +42,16 @@ from services.common.environments import environment_spec
 from services.common.local_process import LocalProcess
 
 _WARM_UP_S = 5.0
+# Each of the two shards' capacity: more than any actor count fills in a measure (8 CartPole
+# actors step about 20k times a second here; storage is only touched as it fills).
+_SHARD_CAPACITY = 1_000_000
+FAST_ENVIRONMENTS = 16
 
 
-def bare_steps_per_s(seconds: float, preset: str = "cartpole") -> float:
+def bare_steps_per_s(seconds: float, preset: str = "cartpole", overrides: Sequence[str] = ()) -> float:
     """One process stepping the preset's environments with its policy, nothing else."""
     torch.set_num_threads(1)
-    config = load_experiment(preset)
+    config = load_experiment(preset, list(overrides))
     spec = experiment_spec(config)
     policy, first = build_policy(spec)
     # The parameters the actors get from the learner, which does not train here: its
@@ -88,10 +97,12 @@ def _wait_until_stepping(client: LearnerClient, actors: int, timeout_s: float = 
     raise TimeoutError(f"{actors} actors did not all report steps within {timeout_s} s")
 
 
-def distributed_steps_per_s(actors: int, seconds: float, logs: Path, preset: str = "cartpole") -> float:
+def distributed_steps_per_s(
+    actors: int, seconds: float, logs: Path, preset: str = "cartpole", overrides: Sequence[str] = ()
+) -> float:
     """Aggregate steps/s of ``actors`` actor processes, read from the learner's status."""
     shards = [
-        LocalProcess(["replay", "--port", "0", "--capacity", "200000"], logs / f"replay-{k}.log")
+        LocalProcess(["replay", "--port", "0", "--capacity", str(_SHARD_CAPACITY)], logs / f"replay-{k}.log")
         for k in range(2)
     ]
     processes = list(shards)
@@ -105,10 +116,14 @@ def distributed_steps_per_s(actors: int, seconds: float, logs: Path, preset: str
                 replay,
                 "--run-dir",
                 str(logs / f"run-{preset}-{actors}"),
+                # Never trains: learning would start once the shards are full, long after the run.
                 "--set",
-                "algorithm.min_replay_size=100000000",
+                f"algorithm.replay_capacity={2 * _SHARD_CAPACITY}",
+                "--set",
+                f"algorithm.min_replay_size={2 * _SHARD_CAPACITY}",
                 "--set",
                 "general.max_wall_time_s=100000",
+                *(item for override in overrides for item in ("--set", override)),
             ],
             logs / f"learner-{actors}.log",
         )
@@ -138,15 +153,20 @@ def measure_actors(
     repeats: int,
     bench: str,
     extra: Mapping[str, object] | None = None,
+    overrides: Sequence[str] = (),
+    workload: str | None = None,
 ) -> None:
-    """Rounds of the bare loop and each actor count, then one JSON line per count (medians)."""
+    """Rounds of the bare loop and each actor count, then one JSON line per count (medians).
+
+    ``overrides`` (``section.key=value``) apply to the bare loop and the actors alike.
+    """
     logs = Path(tempfile.mkdtemp(prefix=f"bench-actors-{preset}-"))
     references: list[float] = []
     runs: dict[int, list[float]] = {actors: [] for actors in counts}
     for _ in range(repeats):
         for actors in counts:
-            references.append(bare_steps_per_s(seconds, preset))
-            runs[actors].append(distributed_steps_per_s(actors, seconds, logs, preset))
+            references.append(bare_steps_per_s(seconds, preset, overrides))
+            runs[actors].append(distributed_steps_per_s(actors, seconds, logs, preset, overrides))
     reference = statistics.median(references)
     print(f"bare loop runs: {[round(r) for r in references]} steps/s", file=sys.stderr)
     for actors in counts:
@@ -155,7 +175,7 @@ def measure_actors(
             json.dumps(
                 {
                     "bench": bench,
-                    "workload": preset,
+                    "workload": workload or preset,
                     "measure": f"environment_steps_per_s_{actors}_actors",
                     "value": value,
                     "unit": "steps/s",
@@ -176,9 +196,30 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--actors", default="1,2,4,8")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--fast-actors",
+        default="1,2",
+        help="Actor counts of the second workload, whose bare loop is several times faster ('' skips it).",
+    )
     arguments = parser.parse_args()
     counts = [int(value) for value in arguments.actors.split(",")]
     measure_actors("cartpole", counts, arguments.seconds, arguments.repeats, "actor_throughput")
+    if arguments.fast_actors:
+        # The same CartPole with 16 environments per actor: one policy call serves 16 steps,
+        # so the bare loop runs 2-3 times as fast and each step's other costs weigh more.
+        fast = [int(value) for value in arguments.fast_actors.split(",")]
+        overrides = [f"algorithm.actor.environments_per_actor={FAST_ENVIRONMENTS}"]
+        workload = f"cartpole-{FAST_ENVIRONMENTS}-environments"
+        measure_actors(
+            "cartpole",
+            fast,
+            arguments.seconds,
+            arguments.repeats,
+            "actor_throughput",
+            None,
+            overrides,
+            workload,
+        )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from services.actor.metrics import DROP_OUTBOX_FULL, DROP_REFUSED, ActorMetrics
 from services.actor.n_step import Columns, NStepBuilder
 from services.actor.rollout import Rollout
 from services.algorithms.families import family_for_wire
-from services.algorithms.interface import ActingPolicy, ExplorationSetting
+from services.algorithms.interface import ActingPolicy, ExplorationSetting, wire_columns
 from services.algorithms.wire import exploration_from_wire
 from services.common.encoded import Column, compress
 from services.common.environments import AtariSettings, environment_spec, make_environment
@@ -157,10 +157,11 @@ class Outbox:
     for good (see ``_PERMANENT_INSERT_CODES``) is logged, counted and dropped, so the
     batches after it go on.
 
-    A batch's initial priorities (a forward pass of the local network over its
-    observations) and the compression of its ``compressed`` columns are computed on the
-    sender thread too, off the acting thread; ``policy_lock`` keeps them from reading the
-    network while the acting thread loads new parameters into it.
+    A batch's initial priorities and the compression of its ``compressed`` columns are
+    computed on the sender thread too, off the acting thread. The priorities come from
+    what acting computed (the ``acted.*`` and ``bootstrap.*`` columns, never sent): Ape-X
+    DQN's need no network at all, TD3's and SAC's one critic pass. ``policy_lock`` keeps
+    that pass from reading the network while the acting thread loads new parameters into it.
     """
 
     def __init__(
@@ -224,7 +225,7 @@ class Outbox:
         """On the sender thread: initial priorities, the columns that travel compressed, the insert."""
         with self._policy_lock:
             priorities = policy.initial_priorities(columns)
-        sent: dict[str, Column] = dict(columns)
+        sent: dict[str, Column] = dict(wire_columns(columns))
         for name in self._compressed:
             sent[name] = compress(columns[name])
         self._replay.insert(sent, priorities, _INSERT_WAIT_S)
@@ -336,6 +337,7 @@ class Actor:
             clip_rewards=spec.atari.clip_rewards,
             terminal_on_life_loss=spec.atari.terminal_on_life_loss,
             episodes=self._episode_stream(spec, session, first_environment),
+            record=policy.record,
         )
         replay = ShardedReplayClient(list(registration.replay_addresses), seed=session.seed)
         compressed = OBSERVATION_COLUMNS if settings.observation_codec != tensor_pb2.CODEC_UNSPECIFIED else ()
@@ -411,8 +413,8 @@ class Actor:
         session.finish_refresh(stop, rollout.stats.episodes, wait=True)
         rng = np.random.default_rng(session.seed)
 
-        def act(observations: NDArray[Any]) -> NDArray[Any]:
-            return session.policy.act(observations, session.exploration, rng)
+        def act(observations: NDArray[Any]) -> tuple[NDArray[Any], dict[str, NDArray[Any]]]:
+            return session.policy.act_recorded(observations, session.exploration, rng)
 
         # Per step the loop only steps and collects; metrics and the next pull are taken
         # care of every refresh_steps steps, so the bookkeeping costs nothing per transition.
@@ -420,7 +422,7 @@ class Actor:
         next_refresh = session.steps + refresh_steps
         try:
             while not stop.is_set():
-                outbox.add(rollout.step(act))
+                outbox.add(rollout.step_recorded(act))
                 session.steps += rollout.num_environments
                 if session.steps >= next_refresh:
                     next_refresh = session.steps + refresh_steps

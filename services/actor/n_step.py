@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from services.algorithms.interface import ACTED
+
 Columns = dict[str, NDArray[Any]]
+
+
+# With what acting recorded: which env each transition came from (never sent).
+ENVIRONMENT = "environment"
 
 
 @dataclass(frozen=True)
@@ -19,6 +26,7 @@ class _Ring:
     actions: NDArray[Any]  # [n, E, *action_shape]
     rewards: NDArray[np.float64]  # [n, E]
     next_observations: NDArray[Any]  # [E, *obs_shape]: the latest, which flush() bootstraps from
+    acted: dict[str, NDArray[Any]]  # name -> [n, E, ...]: what acting recorded at each step
 
 
 class NStepBuilder:
@@ -33,6 +41,10 @@ class NStepBuilder:
     All envs step together, so one cursor indexes the ring for every env, and env ``e``'s
     pending windows start in the ``counts[e]`` slots before the cursor. Invariant between
     calls: ``0 <= counts[e] < n``.
+
+    What acting recorded at each step (``acted``, one row per env: Q-values, say) comes
+    with the transition that starts there as ``acted.NAME``, and ``environment`` names
+    the env each transition came from.
     """
 
     def __init__(self, num_envs: int, n_step: int, discount: float) -> None:
@@ -62,6 +74,7 @@ class NStepBuilder:
         next_observations: NDArray[Any],
         terminated: NDArray[np.bool_],
         truncated: NDArray[np.bool_],
+        acted: Mapping[str, NDArray[Any]] | None = None,
     ) -> Columns:
         """Record one step of every env; return the transitions it completes (possibly none).
 
@@ -69,7 +82,7 @@ class NStepBuilder:
         the caller passes the reset observation as that env's ``observations`` next time.
         """
         self._check_lengths(observations, actions, rewards, next_observations, terminated, truncated)
-        ring = self._checked_ring(observations, actions, next_observations)
+        ring = self._checked_ring(observations, actions, next_observations, acted or {})
         terminal = terminated.astype(np.bool_, copy=False)
         ended = terminal | truncated.astype(np.bool_, copy=False)
         slot = self._cursor
@@ -77,6 +90,8 @@ class NStepBuilder:
         ring.actions[slot] = actions
         ring.rewards[slot] = rewards
         ring.next_observations[...] = next_observations
+        for name, values in (acted or {}).items():
+            ring.acted[name][slot] = values
         self._cursor = (slot + 1) % self._n
         self._counts += 1
         # Full windows of running episodes bootstrap; ended envs are emitted below instead.
@@ -143,13 +158,18 @@ class NStepBuilder:
         slots = (first_slot + np.arange(length)) % self._n
         reward = self._powers[:length] @ ring.rewards[slots[:, None], envs[None, :]]
         discount = np.where(terminal, 0.0, self._powers[length])
-        return {
+        columns = {
             "observation": ring.observations[first_slot, envs],
             "action": ring.actions[first_slot, envs],
             "reward": reward.astype(np.float32),
             "discount": discount.astype(np.float32),
             "next_observation": next_obs,
         }
+        if ring.acted:
+            columns[ENVIRONMENT] = envs
+            for name, values in ring.acted.items():
+                columns[ACTED + name] = values[first_slot, envs]
+        return columns
 
     def _check_lengths(self, *arrays: NDArray[Any]) -> None:
         """Every argument of add() has one row per env; rewards and the end flags are vectors."""
@@ -162,7 +182,11 @@ class NStepBuilder:
                 )
 
     def _checked_ring(
-        self, observations: NDArray[Any], actions: NDArray[Any], next_observations: NDArray[Any]
+        self,
+        observations: NDArray[Any],
+        actions: NDArray[Any],
+        next_observations: NDArray[Any],
+        acted: Mapping[str, NDArray[Any]],
     ) -> _Ring:
         """The ring, allocated on the first call; later layouts must match the first one."""
         if next_observations.shape != observations.shape or next_observations.dtype != observations.dtype:
@@ -176,6 +200,13 @@ class NStepBuilder:
                 actions=np.zeros((self._n, *actions.shape), dtype=actions.dtype),
                 rewards=np.zeros((self._n, self._num_envs), dtype=np.float64),
                 next_observations=np.zeros_like(observations),
+                acted={
+                    name: np.zeros((self._n, *values.shape), values.dtype) for name, values in acted.items()
+                },
+            )
+        if acted.keys() != self._ring.acted.keys():
+            raise ValueError(
+                f"acted records {sorted(acted)}, the first add recorded {sorted(self._ring.acted)}"
             )
         for name, array, stored in (
             ("observations", observations, self._ring.next_observations),
@@ -195,4 +226,4 @@ _KEYS = ("observation", "action", "reward", "discount", "next_observation")
 def _concatenate(chunks: list[Columns]) -> Columns:
     if len(chunks) == 1:
         return chunks[0]
-    return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in _KEYS}
+    return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}

@@ -10,7 +10,8 @@ import gymnasium as gym
 import numpy as np
 from numpy.typing import NDArray
 
-from services.actor.n_step import Columns, NStepBuilder
+from services.actor.n_step import ENVIRONMENT, Columns, NStepBuilder
+from services.algorithms.interface import ACTED, BOOTSTRAP, recorded
 
 if TYPE_CHECKING:
     from services.datasets.actor_stream import EpisodeStream
@@ -22,6 +23,11 @@ class EpisodeStats:
     last_return: float = float("nan")
 
 
+Recorded = dict[str, NDArray[Any]]
+Act = Callable[[NDArray[Any]], NDArray[Any]]
+ActRecorded = Callable[[NDArray[Any]], tuple[NDArray[Any], Recorded]]
+
+
 class Rollout:
     """E environments in lockstep: one batched policy call per step, episodes reset as they end.
 
@@ -30,6 +36,13 @@ class Rollout:
     ``terminal_on_life_loss`` marks a step terminal when ``info["lives"]`` drops, so no
     return bootstraps across a lost life, while the game goes on without a reset.
     ``episodes``, where given, records the episodes as they are played, for a dataset.
+
+    :meth:`step_recorded` also carries what the policy computed while acting to each
+    transition's initial priority: ``acted.NAME`` from its observation and
+    ``bootstrap.NAME`` from its next one. A transition whose next observation the next
+    step acts on waits one step for it; ``record`` (the policy's) computes it for next
+    observations that are never acted on (a truncated episode's last, and all of them at
+    :meth:`flush`).
     """
 
     def __init__(
@@ -40,9 +53,13 @@ class Rollout:
         clip_rewards: bool = False,
         terminal_on_life_loss: bool = False,
         episodes: EpisodeStream | None = None,
+        record: Callable[[NDArray[Any]], Recorded] | None = None,
     ) -> None:
         self._environments = environments
         self._episodes = episodes
+        self._record = record
+        # Transitions waiting for the next step's record of their next observation, and their envs.
+        self._held: tuple[Columns, NDArray[np.int64]] | None = None
         self._builder = builder
         self._clip_rewards = clip_rewards
         self._terminal_on_life_loss = terminal_on_life_loss
@@ -61,9 +78,14 @@ class Rollout:
     def num_environments(self) -> int:
         return len(self._environments)
 
-    def step(self, act: Callable[[NDArray[Any]], NDArray[Any]]) -> Columns:
+    def step(self, act: Act) -> Columns:
         """Acts in every environment once; returns the n-step transitions completed."""
-        actions = act(self.observations)
+        return self.step_recorded(lambda observations: (act(observations), {}))
+
+    def step_recorded(self, act: ActRecorded) -> Columns:
+        """As :meth:`step`, with what ``act`` recorded (one row per environment) carried along."""
+        actions, acted = act(self.observations)
+        completed = self._complete_held(acted)
         results = [env.step(action) for env, action in zip(self._environments, actions, strict=True)]
         next_observations = np.stack([result[0] for result in results])
         rewards = np.array([result[1] for result in results], dtype=np.float64)
@@ -82,6 +104,7 @@ class Rollout:
             next_observations,
             learned_terminal,
             truncated,
+            acted or None,
         )
         self._returns += rewards
         if self._episodes is not None:
@@ -97,10 +120,58 @@ class Rollout:
             if self._episodes is not None:
                 self._episodes.restart(int(index), following[index])
         self.observations = following
-        return transitions
+        if not acted:
+            return transitions
+        ready = self._bootstrap_or_hold(transitions, ended, acted)
+        return ready if completed is None else _concatenate([completed, ready])
+
+    def _complete_held(self, acted: Recorded) -> Columns | None:
+        """The transitions held from the last step, their next observations' records taken from ``acted``."""
+        if self._held is None:
+            return None
+        (columns, envs), self._held = self._held, None
+        return {**columns, **{BOOTSTRAP + name: values[envs] for name, values in acted.items()}}
+
+    def _bootstrap_or_hold(self, transitions: Columns, ended: NDArray[np.bool_], acted: Recorded) -> Columns:
+        """Holds the transitions whose next observation the next step acts on; records the rest now.
+
+        A terminal transition (discount 0) bootstraps from nothing: its records are zeros.
+        A truncated one's next observation is the episode's last, never acted on.
+        """
+        envs = transitions.pop(ENVIRONMENT)
+        bootstraps = transitions["discount"] > 0.0
+        waits = bootstraps & ~ended[envs]
+        self._held = ({name: values[waits] for name, values in transitions.items()}, envs[waits])
+        ready = {name: values[~waits] for name, values in transitions.items()}
+        for name, values in acted.items():
+            ready[BOOTSTRAP + name] = np.zeros((len(ready["reward"]), *values.shape[1:]), values.dtype)
+        truncated = np.flatnonzero(bootstraps[~waits])
+        if truncated.size:
+            for name, values in self._recorded(ready["next_observation"][truncated]).items():
+                ready[BOOTSTRAP + name][truncated] = values
+        return ready
+
+    def _recorded(self, observations: NDArray[Any]) -> Recorded:
+        if self._record is None:
+            raise RuntimeError("a rollout that carries what acting recorded needs the policy's record()")
+        return self._record(observations)
 
     def flush(self) -> Columns:
-        return self._builder.flush()
+        """Every transition still pending; what acting records, computed for their next observations."""
+        flushed = self._builder.flush()
+        if ENVIRONMENT not in flushed:  # nothing recorded
+            return flushed
+        flushed.pop(ENVIRONMENT)
+        parts = [] if self._held is None else [self._held[0]]
+        self._held = None
+        columns = _concatenate([*parts, flushed])
+        if len(columns["reward"]):
+            for name, values in self._recorded(columns["next_observation"]).items():
+                columns[BOOTSTRAP + name] = values
+        else:
+            acted = recorded(columns, ACTED)
+            columns.update({BOOTSTRAP + name: values for name, values in acted.items()})
+        return columns
 
     def close(self) -> None:
         for environment in self._environments:
@@ -112,3 +183,7 @@ class Rollout:
 def _lives(info: dict[str, Any]) -> float:
     """The lives an environment's info reports (ale-py does), NaN when it reports none."""
     return float(info.get("lives", np.nan))
+
+
+def _concatenate(parts: list[Columns]) -> Columns:
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}

@@ -21,7 +21,7 @@ from torch import nn
 
 from services.algorithms.actions import ActionScaler
 from services.algorithms.data_parallel import batch_noise
-from services.algorithms.interface import Columns, Parameters
+from services.algorithms.interface import BOOTSTRAP, Columns, ExplorationSetting, Parameters, recorded
 from services.algorithms.prioritized import priorities_from_td
 from services.algorithms.torsos import MlpTorso, fully_connected
 from services.algorithms.training_state import prefixed, to_device
@@ -228,8 +228,35 @@ class ActorCriticPolicy(ABC, Generic[PolicyT]):
             unit = self.deterministic_unit(torch.from_numpy(np.asarray(observations)))
         return self.scaler.environment_batch(unit.numpy())
 
+    @abstractmethod
+    def explore_unit(
+        self, observations: NDArray[Any], exploration: ExplorationSetting, rng: np.random.Generator
+    ) -> tuple[NDArray[Any], NDArray[Any]]:
+        """[B, A] exploring unit actions, and the noise-free ones acting computed on the way."""
+
+    def act(
+        self, observations: NDArray[Any], exploration: ExplorationSetting, rng: np.random.Generator
+    ) -> NDArray[np.float32]:
+        return self.scaler.environment_batch(self.explore_unit(observations, exploration, rng)[0])
+
+    def act_recorded(
+        self, observations: NDArray[Any], exploration: ExplorationSetting, rng: np.random.Generator
+    ) -> tuple[NDArray[np.float32], dict[str, NDArray[Any]]]:
+        """The exploring actions, and the noise-free one: pi(s'), where s is a transition's s'."""
+        unit, deterministic = self.explore_unit(observations, exploration, rng)
+        return self.scaler.environment_batch(unit), {"bootstrap_action": deterministic}
+
+    def record(self, observations: NDArray[Any]) -> dict[str, NDArray[Any]]:
+        with torch.inference_mode():
+            unit = self.deterministic_unit(torch.from_numpy(np.asarray(observations))).numpy()
+        return {"bootstrap_action": unit}
+
     def initial_priorities(self, columns: Columns) -> NDArray[np.float64]:
-        """|r + d Q(s', pi(s')) - Q(s, a)| under this copy: its one critic is online and target alike."""
+        """|r + d Q(s', pi(s')) - Q(s, a)| under this copy: its one critic is online and target alike.
+
+        Where ``columns`` carry pi(s') as acting computed it (``bootstrap.bootstrap_action``),
+        one critic pass over both halves is all it takes.
+        """
         if not self._critic_loaded:
             raise RuntimeError(
                 "initial priorities need the critic: load the actor parameters (policy.* and critic.*), "
@@ -238,9 +265,15 @@ class ActorCriticPolicy(ABC, Generic[PolicyT]):
         observation = torch.from_numpy(np.asarray(columns["observation"]))
         next_observation = torch.from_numpy(np.asarray(columns["next_observation"]))
         action = torch.from_numpy(self.scaler.unit_batch(columns["action"]))
+        bootstrap = recorded(columns, BOOTSTRAP).get("bootstrap_action")
         with torch.inference_mode():
-            next_q = self.critic(next_observation, self.deterministic_unit(next_observation))
-            q_taken = self.critic(observation, action)
+            if bootstrap is None:
+                next_action = self.deterministic_unit(next_observation)
+            else:
+                next_action = torch.from_numpy(np.asarray(bootstrap, dtype=np.float32))
+            both = self.critic(torch.cat([observation, next_observation]), torch.cat([action, next_action]))
+        count = observation.shape[0]
+        q_taken, next_q = both[:count], both[count:]
         reward = torch.from_numpy(np.asarray(columns["reward"])).float()
         discount = torch.from_numpy(np.asarray(columns["discount"])).float()
         return priorities_from_td(reward + discount * next_q - q_taken)

@@ -25,6 +25,22 @@ Columns: TypeAlias = Mapping[str, NDArray[Any]]
 Parameters: TypeAlias = "Mapping[str, torch.Tensor]"
 ExplorationKind = Literal["epsilon", "action_noise_scale", "policy_temperature"]
 
+# What an actor's policy computed while acting, carried with each transition for its
+# initial priority (never sent): ``acted.NAME`` as recorded at its observation,
+# ``bootstrap.NAME`` at its next observation.
+ACTED = "acted."
+BOOTSTRAP = "bootstrap."
+
+
+def recorded(columns: Columns, prefix: str) -> dict[str, NDArray[Any]]:
+    """The recorded columns under ``prefix`` (``ACTED`` or ``BOOTSTRAP``), by their own names."""
+    return {name.removeprefix(prefix): values for name, values in columns.items() if name.startswith(prefix)}
+
+
+def wire_columns(columns: Columns) -> dict[str, NDArray[Any]]:
+    """The transition's own columns, as the replay stores them: the recorded ones left out."""
+    return {name: values for name, values in columns.items() if not name.startswith((ACTED, BOOTSTRAP))}
+
 
 @dataclass(frozen=True)
 class ExplorationSetting:
@@ -95,8 +111,25 @@ class ActingPolicy(Protocol):
         """The evaluation actions: greedy, noise-free or the mean, by family."""
         ...
 
+    def act_recorded(
+        self, observations: NDArray[Any], exploration: ExplorationSetting, rng: np.random.Generator
+    ) -> tuple[NDArray[Any], dict[str, NDArray[Any]]]:
+        """:meth:`act`, and what acting computed that the initial priorities reuse, one row per
+        observation (Ape-X DQN: the chosen action's Q-value and the state's value)."""
+        ...
+
+    def record(self, observations: NDArray[Any]) -> dict[str, NDArray[Any]]:
+        """What :meth:`act_recorded` records, for observations never acted on: a truncated
+        episode's last, or the newest ones when an actor stops."""
+        ...
+
     def initial_priorities(self, columns: Columns) -> NDArray[np.float64]:
-        """|TD error| of n-step transitions under the actor's own copy, as Ape-X actors compute them."""
+        """|TD error| of n-step transitions under the actor's own copy, as Ape-X actors compute them.
+
+        Where ``columns`` hold what acting recorded (``ACTED`` and ``BOOTSTRAP`` columns),
+        the family uses it instead of computing it again: Ape-X DQN needs no forward pass
+        then, TD3 and SAC no policy pass.
+        """
         ...
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from numpy.typing import NDArray
@@ -14,7 +16,12 @@ PRIORITY_EPSILON = 1e-6
 
 def priorities_from_td(td_errors: torch.Tensor) -> NDArray[np.float64]:
     """Priorities |td| + epsilon for the replay, as float64 on the host."""
-    magnitudes: NDArray[np.float64] = td_errors.detach().abs().cpu().numpy().astype(np.float64)
+    return priorities_of(td_errors.detach().cpu().numpy())
+
+
+def priorities_of(td_errors: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
+    """Priorities |td| + epsilon of TD errors already on the host."""
+    magnitudes: NDArray[np.float64] = np.abs(td_errors).astype(np.float64)
     return magnitudes + PRIORITY_EPSILON
 
 

@@ -42,6 +42,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from setproctitle import setproctitle
+
 from services.common.local_process import ADDRESS_LINE, child_environment
 
 _MODULE = "services.launcher.zygote"
@@ -132,6 +134,8 @@ def _run_child(args: Sequence[str], log: str, environment: Mapping[str, str]) ->
         os.dup2(output, 2)
         os.close(null)
         os.close(output)
+        # Named as ps shows a spawned one; before the environment changes, whose space it takes.
+        setproctitle(" ".join([sys.executable, "-m", "services", *args]))
         os.environ.clear()
         os.environ.update(environment)
         sys.argv = ["apexrl", *args]

@@ -45,6 +45,8 @@ def test_a_forked_shard_serves_in_its_own_session_at_its_priority_and_drains_on_
     assert int(fields[3]) == process.pid  # the session: its own, so Ctrl-C reaches only the launcher
     assert int(fields[16]) == os.getpriority(os.PRIO_PROCESS, 0) + 3  # nice
     assert os.readlink(f"/proc/{process.pid}/fd/1") == str(log)
+    command = Path(f"/proc/{process.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    assert " -m services replay --port 0 --capacity 100" in command
     assert process.exit_code() is None
     assert process.stop() == 0
     assert "replay shard stopped" in log.read_text()

@@ -9,26 +9,41 @@ import torch
 from numpy.typing import NDArray
 
 from services.algorithms.apex_dqn.networks import QNetwork
-from services.algorithms.interface import Columns, ExplorationSetting, Parameters
-from services.algorithms.prioritized import priorities_from_td
+from services.algorithms.interface import ACTED, BOOTSTRAP, Columns, ExplorationSetting, Parameters, recorded
+from services.algorithms.prioritized import priorities_of
+
+
+def q_values_of(network: QNetwork, observations: NDArray[Any]) -> NDArray[np.float32]:
+    with torch.inference_mode():
+        q_values: NDArray[np.float32] = network(torch.from_numpy(np.asarray(observations))).numpy()
+    return q_values
 
 
 def greedy_actions(network: QNetwork, observations: NDArray[Any]) -> NDArray[np.int64]:
-    with torch.inference_mode():
-        q_values = network(torch.from_numpy(np.asarray(observations)))
-    actions: NDArray[np.int64] = q_values.argmax(dim=1).numpy().astype(np.int64)
+    actions: NDArray[np.int64] = q_values_of(network, observations).argmax(axis=1)
+    return actions
+
+
+def explore(
+    actions: NDArray[np.int64], num_actions: int, epsilon: float, rng: np.random.Generator
+) -> NDArray[np.int64]:
+    """Each env independently takes a uniformly random action with probability epsilon (in place)."""
+    exploring = np.less(rng.random(actions.shape[0]), epsilon)
+    if exploring.any():
+        actions[exploring] = rng.integers(0, num_actions, int(exploring.sum()))
     return actions
 
 
 def epsilon_greedy(
     network: QNetwork, observations: NDArray[Any], epsilon: float, rng: np.random.Generator
 ) -> NDArray[np.int64]:
-    """Each env independently takes a uniformly random action with probability epsilon."""
-    actions = greedy_actions(network, observations)
-    explore = np.less(rng.random(actions.shape[0]), epsilon)
-    if explore.any():
-        actions[explore] = rng.integers(0, network.num_actions, int(explore.sum()))
-    return actions
+    return explore(greedy_actions(network, observations), network.num_actions, epsilon, rng)
+
+
+def _values(q_values: NDArray[np.float32]) -> NDArray[np.float32]:
+    """max_a Q(s, a): the actor's one network is online and target, so double Q's bootstrap."""
+    values: NDArray[np.float32] = q_values.max(axis=1)
+    return values
 
 
 def initial_priorities(network: QNetwork, columns: Columns) -> NDArray[np.float64]:
@@ -36,16 +51,19 @@ def initial_priorities(network: QNetwork, columns: Columns) -> NDArray[np.float6
 
     The actor holds one network, so it is both online and target here:
     y = reward + discount * Q(s', argmax_a Q(s', a)), priority = |y - Q(s, a)| + epsilon.
+    Where ``columns`` carry the Q-values acting computed (``acted.q_taken`` at s and
+    ``bootstrap.value`` at s'), no forward pass is needed.
     """
-    observations = torch.from_numpy(np.concatenate([columns["observation"], columns["next_observation"]]))
-    count = columns["observation"].shape[0]
-    with torch.inference_mode():
-        q_values = network(observations)
-    q_taken = q_values[:count].gather(1, torch.from_numpy(columns["action"]).long()[:, None]).squeeze(1)
-    next_values = q_values[count:].max(dim=1).values
-    reward = torch.from_numpy(columns["reward"]).float()
-    discount = torch.from_numpy(columns["discount"]).float()
-    return priorities_from_td(reward + discount * next_values - q_taken)
+    acted, bootstrap = recorded(columns, ACTED), recorded(columns, BOOTSTRAP)
+    if "q_taken" in acted and "value" in bootstrap:
+        q_taken, next_values = acted["q_taken"], bootstrap["value"]
+    else:
+        count = columns["observation"].shape[0]
+        q_values = q_values_of(network, np.concatenate([columns["observation"], columns["next_observation"]]))
+        q_taken = np.take_along_axis(q_values[:count], columns["action"].astype(np.int64)[:, None], 1)[:, 0]
+        next_values = _values(q_values[count:])
+    td = columns["reward"].astype(np.float32) + columns["discount"].astype(np.float32) * next_values - q_taken
+    return priorities_of(td)
 
 
 class DqnPolicy:
@@ -64,6 +82,21 @@ class DqnPolicy:
 
     def act_deterministic(self, observations: NDArray[Any]) -> NDArray[np.int64]:
         return greedy_actions(self.network, observations)
+
+    def act_recorded(
+        self, observations: NDArray[Any], exploration: ExplorationSetting, rng: np.random.Generator
+    ) -> tuple[NDArray[np.int64], dict[str, NDArray[Any]]]:
+        """Epsilon-greedy actions, and Q(s, a) of the actions taken and max_a Q(s, a) (Ape-X's own)."""
+        q_values = q_values_of(self.network, observations)
+        actions: NDArray[np.int64] = q_values.argmax(axis=1)
+        explore(actions, self.network.num_actions, exploration.value, rng)
+        q_taken = np.take_along_axis(q_values, actions[:, None], 1)[:, 0]
+        return actions, {"q_taken": q_taken, "value": _values(q_values)}
+
+    def record(self, observations: NDArray[Any]) -> dict[str, NDArray[Any]]:
+        """The values of observations never acted on; no action was taken there (q_taken 0)."""
+        values = _values(q_values_of(self.network, observations))
+        return {"q_taken": np.zeros_like(values), "value": values}
 
     def initial_priorities(self, columns: Columns) -> NDArray[np.float64]:
         return initial_priorities(self.network, columns)

@@ -24,12 +24,12 @@ class SacPolicy(ActorCriticPolicy[SquashedGaussianPolicy]):
     def deterministic_unit(self, observations: torch.Tensor) -> torch.Tensor:
         return self.policy.deterministic(observations)
 
-    def act(
+    def explore_unit(
         self, observations: NDArray[Any], exploration: ExplorationSetting, rng: np.random.Generator
-    ) -> NDArray[np.float32]:
-        """tanh(mean + temperature * std * eps), eps ~ N(0, 1) from ``rng``, rescaled to the bounds."""
+    ) -> tuple[NDArray[Any], NDArray[Any]]:
+        """tanh(mean + temperature * std * eps), eps ~ N(0, 1) from ``rng``; and tanh(mean)."""
         with torch.inference_mode():
             mean, log_std = self.policy(torch.from_numpy(np.asarray(observations)))
         noise = rng.standard_normal(size=tuple(mean.shape))
-        unit = np.tanh(mean.numpy() + exploration.value * np.exp(log_std.numpy()) * noise)
-        return self.scaler.environment_batch(unit)
+        centre = mean.numpy()
+        return np.tanh(centre + exploration.value * np.exp(log_std.numpy()) * noise), np.tanh(centre)

@@ -19,11 +19,11 @@ class Td3Policy(ActorCriticPolicy[DeterministicPolicy]):
         unit: torch.Tensor = self.policy(observations)
         return unit
 
-    def act(
+    def explore_unit(
         self, observations: NDArray[Any], exploration: ExplorationSetting, rng: np.random.Generator
-    ) -> NDArray[np.float32]:
-        """clip(pi(s) + N(0, scale^2), -1, 1), rescaled: the noise is relative to half of each range."""
+    ) -> tuple[NDArray[Any], NDArray[Any]]:
+        """clip(pi(s) + N(0, scale^2), -1, 1): the noise is relative to half of each range; and pi(s)."""
         with torch.inference_mode():
             unit = self.deterministic_unit(torch.from_numpy(np.asarray(observations))).numpy()
         noisy = unit + rng.normal(0.0, exploration.value, size=unit.shape)
-        return self.scaler.environment_batch(np.clip(noisy, -1.0, 1.0))
+        return np.clip(noisy, -1.0, 1.0), unit

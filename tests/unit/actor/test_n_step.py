@@ -301,8 +301,11 @@ def test_arguments_without_one_row_per_env_are_value_errors(argument: int, bad: 
     no = np.zeros(2, dtype=np.bool_)
     args: list[NDArray[Any]] = [np.zeros((2, 4)), np.zeros(2), np.zeros(2), np.zeros((2, 4)), no, no]
     args[argument] = bad
+    observations, actions, rewards, following, terminated, truncated = args
     with pytest.raises(ValueError, match="leading dimension num_envs=2"):
-        NStepBuilder(num_envs=2, n_step=3, discount=0.9).add(*args)
+        NStepBuilder(num_envs=2, n_step=3, discount=0.9).add(
+            observations, actions, rewards, following, terminated, truncated
+        )
 
 
 def test_next_observations_unlike_observations_are_a_value_error() -> None:

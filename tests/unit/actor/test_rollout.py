@@ -278,3 +278,71 @@ def test_on_breakout_the_first_lost_life_is_a_builder_terminal_without_a_reset()
         assert len(step["discount"]) == 0  # new windows start filling: nothing was drained
     finally:
         rollout.close()
+
+
+def value_of(observations: NDArray[Any]) -> NDArray[np.float32]:
+    """A stand-in for what a policy computes at an observation: unique per [env, episode, step]."""
+    return (observations @ np.array([1000.0, 100.0, 1.0], dtype=np.float32)).astype(np.float32)
+
+
+def act_recording(observations: NDArray[Any]) -> tuple[NDArray[np.int64], dict[str, NDArray[Any]]]:
+    actions = (observations[:, 2] % 2).astype(np.int64)
+    return actions, {"value": value_of(observations), "pair": np.stack([actions, actions + 1], axis=1)}
+
+
+def record_only(observations: NDArray[Any]) -> dict[str, NDArray[Any]]:
+    recorded_at.append(observations.copy())
+    return {"value": value_of(observations), "pair": np.full((len(observations), 2), -1)}
+
+
+recorded_at: list[NDArray[Any]] = []
+
+
+@pytest.mark.parametrize("n_step", [1, 3])
+def test_what_acting_recorded_comes_with_each_transition_from_its_observation_and_its_next(
+    n_step: int,
+) -> None:
+    """acted.* is from the step a transition starts at; bootstrap.* from its next observation:
+    the next step's act where the episode goes on, record() where it was truncated or at the
+    flush, zeros where it terminated."""
+    recorded_at.clear()
+    layout = [(0, 3, False), (1, 4, True), (2, 7, False)]
+    environments: list[gym.Env[Any, Any]] = [Corridor(*spec) for spec in layout]
+    rollout = Rollout(environments, NStepBuilder(len(layout), n_step, GAMMA), seed=0, record=record_only)
+    plain = Rollout([Corridor(*spec) for spec in layout], NStepBuilder(len(layout), n_step, GAMMA), seed=0)
+    parts, plain_parts = [], []
+    for _ in range(13):
+        parts.append(rollout.step_recorded(act_recording))
+        plain_parts.append(plain.step(lambda observations: act_recording(observations)[0]))
+    parts.append(rollout.flush())
+    plain_parts.append(plain.flush())
+    columns = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    plain_columns = {name: np.concatenate([part[name] for part in plain_parts]) for name in plain_parts[0]}
+    assert sorted(columns) == sorted(
+        [*plain_columns, "acted.value", "acted.pair", "bootstrap.value", "bootstrap.pair"]
+    )
+    # The same transitions as without recording, each once.
+    assert sorted(rows(columns)) == sorted(rows(plain_columns))
+    np.testing.assert_array_equal(columns["acted.value"], value_of(columns["observation"]))
+    np.testing.assert_array_equal(columns["acted.pair"][:, 0], columns["action"])
+    terminal = columns["discount"] == 0.0
+    assert terminal.any()
+    assert not columns["bootstrap.value"][terminal].any()
+    assert not columns["bootstrap.pair"][terminal].any()
+    bootstraps = ~terminal
+    np.testing.assert_array_equal(
+        columns["bootstrap.value"][bootstraps], value_of(columns["next_observation"][bootstraps])
+    )
+    # record() ran for exactly the next observations no step acted on (-1 marks them):
+    # truncated episodes' last ones, and each env's newest at the flush.
+    following = [tuple(int(v) for v in row) for row in columns["next_observation"]]
+    newest = {(0, 13 // 3, 13 % 3), (1, 13 // 4, 13 % 4), (2, 13 // 7, 13 % 7)}
+    truncated_last = np.array([env == 1 and step == 4 for env, _, step in following])
+    at_flush = np.array([row in newest for row in following])
+    from_record = columns["bootstrap.pair"][:, 0] == -1
+    np.testing.assert_array_equal(from_record, bootstraps & (truncated_last | at_flush))
+    assert from_record.any()
+    assert (bootstraps & ~from_record).any()
+    assert len(recorded_at) >= 2
+    rollout.close()
+    plain.close()
