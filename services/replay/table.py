@@ -242,8 +242,11 @@ class PrioritizedTable:
         if not self._store.allocated:
             self._store.allocate(columns)
         self._store.write(first_sequence, columns)
-        slots = (first_sequence + np.arange(len(masses), dtype=np.int64)) % self._capacity
-        self._tree.set(slots, masses)
+        # The ring's slots run on from first_sequence, wrapping at most once: two ranges.
+        start = first_sequence % self._capacity
+        head = min(len(masses), self._capacity - start)
+        self._tree.set_range(start, masses[:head])
+        self._tree.set_range(0, masses[head:])
         self._next_sequence = first_sequence + len(masses)
         self._item_bytes = self._store.item_bytes()
 

@@ -47,6 +47,22 @@ def test_fifo_eviction_keeps_the_newest_capacity_items_across_the_wrap() -> None
     assert (info.size, info.inserts, info.total_priority_mass) == (10, 13, 10.0)
 
 
+def test_an_insert_across_the_wrap_gives_each_item_its_own_priority() -> None:
+    """The ring's slots wrap mid-batch: the priorities land on both runs of slots."""
+    table = make_table(capacity=10)
+    table.insert(batch(0, 7), np.full(7, 1.0), max_wait_s=0)
+    table.insert(batch(7, 6), np.arange(1.0, 7.0), max_wait_s=0)  # slots 7, 8, 9, then 0, 1, 2
+    sample = table.sample(20_000, max_wait_s=0)
+    actions = dense(sample.columns["action"])
+    # Items 3..6 keep priority 1, items 7..12 have 1..6: masses 1 (x4), 1, 2, .., 6; total 25.
+    assert table.info().total_priority_mass == 25.0
+    expected = dict.fromkeys(range(3, 7), 1.0) | {7 + k: float(k + 1) for k in range(6)}
+    for item, mass in expected.items():
+        np.testing.assert_array_equal(sample.priority_masses[actions == item], mass)
+    counts = np.bincount(actions, minlength=13)[3:]
+    np.testing.assert_allclose(counts / len(actions), np.array(list(expected.values())) / 25.0, atol=0.015)
+
+
 def test_a_priority_update_for_an_evicted_item_is_ignored_not_applied_to_its_successor() -> None:
     table = make_table(capacity=4)
     old_keys = table.insert(batch(0, 4), np.ones(4), max_wait_s=0)
