@@ -55,7 +55,8 @@ APEXRL_BENCH_RUN_ID := $(shell date -u +%Y%m%dT%H%M%SZ)-$(shell git rev-parse --
 endif
 export APEXRL_BENCH_RUN_ID
 BENCH_RECORD ?= bench/results.jsonl
-RECORD := $(PY) -m bench.record append --record $(BENCH_RECORD)
+# Appends the lines to the record, then rewrites the README's table of figures from it.
+RECORD := $(PY) -m bench.record append --record $(BENCH_RECORD) && $(PY) -m bench.record readme --record $(BENCH_RECORD)
 
 bench: bench-replay bench-learner bench-actors bench-broadcast bench-startup bench-solve
 

@@ -16,7 +16,9 @@ regressed when it moved the worse way by more than its noise: the largest of the
 spread (max - min over median) of either line's ``runs``, that of the measure over the
 earlier runs on this machine (three or more), and 5%. Exit 1 if one did, 2 on bad input.
 
-``.venv/bin/python -m bench.record latest [--bench B]`` prints the newest line of every measure.
+``.venv/bin/python -m bench.record latest [--bench B]`` prints the newest line of every measure;
+``.venv/bin/python -m bench.record readme [--check]`` writes them as the README's table of figures
+(``--check``: exit 1 where the README's table is not the record's).
 """
 
 from __future__ import annotations
@@ -360,6 +362,72 @@ def latest(arguments: argparse.Namespace) -> int:
     return 0
 
 
+README = _REPOSITORY / "README.md"
+_README_START = "<!-- bench-record: written by `python -m bench.record readme` from bench/results.jsonl -->"
+_README_END = "<!-- /bench-record -->"
+
+
+def _newest(runs: dict[str, list[Line]]) -> dict[str, Line]:
+    """The newest recorded line of every measure, in the order the measures were first recorded."""
+    newest: dict[str, Line] = {}
+    for run in runs.values():
+        for line in run:
+            if (name := key(line)) is not None:
+                newest[name] = line
+    return newest
+
+
+def _figure(value: float | None, unit: object) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    return f"{text} {unit}" if unit else text
+
+
+def readme_table(runs: dict[str, list[Line]]) -> str:
+    """A markdown table of the newest figure of every measure, with where and when it was taken."""
+    rows = [
+        "| measure | value | reference | ratio | commit | date | machine |",
+        "|---|---:|---:|---:|---|---|---|",
+    ]
+    for name, line in _newest(runs).items():
+        machine = line.get("machine") if isinstance(line.get("machine"), dict) else {}
+        assert isinstance(machine, dict)
+        bare = _number(machine, "bare_loop_steps_per_s")
+        where = f"{machine.get('cores')} cores" + (f", bare loop {bare:,.0f} steps/s" if bare else "")
+        reference = line.get("reference")
+        reference_value = _number(line, "reference_value")
+        referred = "-" if reference is None else f"{_figure(reference_value, line.get('unit'))} ({reference})"
+        ratio = _number(line, "ratio")
+        shown_ratio = "-" if ratio is None else f"{ratio:.2f}"
+        commit = str(line.get("commit") or "-")[:7] + (" (dirty)" if line.get("dirty") else "")
+        date = str(line.get("date", "-"))[:10]
+        value = _figure(_number(line, "value"), line.get("unit"))
+        rows.append(f"| `{name}` | {value} | {referred} | {shown_ratio} | {commit} | {date} | {where} |")
+    return "\n".join(rows)
+
+
+def readme_block(record: Path) -> str:
+    return f"{_README_START}\n{readme_table(load(record))}\n{_README_END}"
+
+
+def readme(arguments: argparse.Namespace) -> int:
+    """Writes the README's table of figures from the record (or, with --check, says whether it is current)."""
+    text = arguments.readme.read_text(encoding="utf-8")
+    start, end = text.find(_README_START), text.find(_README_END)
+    if start < 0 or end < start:
+        raise BadInputError(f"{arguments.readme} has no {_README_START!r} ... {_README_END!r} block")
+    updated = text[:start] + readme_block(arguments.record) + text[end + len(_README_END) :]
+    if arguments.check:
+        if updated != text:
+            differ = f"bench.record: {arguments.readme}'s figures differ from {arguments.record}"
+            print(differ, file=sys.stderr)
+            return 1
+        return 0
+    arguments.readme.write_text(updated, encoding="utf-8")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.record",
@@ -382,7 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     newest = commands.add_parser("latest", help="The newest line of every measure, as JSON lines.")
     newest.add_argument("--bench", default=None)
     newest.set_defaults(command=latest)
-    for command in (adding, comparing, newest):
+    writing = commands.add_parser("readme", help="The README's table of figures, from the record.")
+    writing.add_argument("--readme", type=Path, default=README)
+    writing.add_argument("--check", action="store_true", help="Exit 1 if the README is not current.")
+    writing.set_defaults(command=readme)
+    for command in (adding, comparing, newest, writing):
         command.add_argument("--record", type=Path, default=RECORD, help=f"Default: {RECORD}.")
     arguments = parser.parse_args(argv)
     try:
