@@ -324,3 +324,34 @@ def test_a_record_without_runs_is_bad_input(tmp_path: Path, capsys: pytest.Captu
     code, _, err = run(capsys, "compare", "--record", str(path))
     assert code == 2
     assert err.splitlines()[-1] == f"bench.record: {path} holds no recorded runs"
+
+
+def test_readme_writes_the_newest_figure_of_each_measure_between_the_markers(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    lines = [
+        {"bench": "b", "workload": "w", "measure": "m", "value": 2.0, "unit": "s", "better": "lower",
+         "run_id": "one", "commit": "a" * 40, "dirty": False, "date": "2026-01-01T00:00:00+00:00",
+         "machine": {"cores": 2, "bare_loop_steps_per_s": 12000.0}},
+        {"bench": "b", "workload": "w", "measure": "m", "value": 1.5, "unit": "s", "better": "lower",
+         "reference": "floor", "reference_value": 1.0, "ratio": 1.5, "run_id": "two", "commit": "b" * 40,
+         "dirty": True, "date": "2026-01-02T00:00:00+00:00", "machine": {"cores": 16}},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{record._README_START}\nstale\n{record._README_END}\nafter\n")
+    arguments = ["--readme", str(readme), "--record", str(path)]
+    assert record.main(["readme", "--check", *arguments]) == 1
+    assert record.main(["readme", *arguments]) == 0
+    text = readme.read_text()
+    assert text.startswith(f"before\n{record._README_START}\n| measure |")
+    assert text.endswith(f"{record._README_END}\nafter\n")
+    (row,) = [line for line in text.splitlines() if line.startswith("| `b/w/m`")]
+    assert row == "| `b/w/m` | 1.5 s | 1 s (floor) | 1.50 | bbbbbbb (dirty) | 2026-01-02 | 16 cores |"
+    assert record.main(["readme", "--check", *arguments]) == 0
+
+
+def test_the_readme_s_figures_are_the_record_s() -> None:
+    """The README's table is the one the committed record gives (make bench rewrites both)."""
+    root = Path(record.__file__).resolve().parent.parent
+    arguments = ["--readme", str(root / "README.md"), "--record", str(root / "bench" / "results.jsonl")]
+    assert record.main(["readme", "--check", *arguments]) == 0
