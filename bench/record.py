@@ -195,6 +195,9 @@ def load(record: Path) -> dict[str, list[Line]]:
                 if text.strip():
                     print(f"bench.record: {record}:{number} is not a recorded line; skipped", file=sys.stderr)
                 continue
+            ratios = line.get("ratios")  # time_to_solve: one ratio per apexrl side
+            if "ratio" not in line and isinstance(ratios, dict) and len(ratios) == 1:
+                line["ratio"] = next(iter(ratios.values()))
             runs.setdefault(line["run_id"], []).append(line)
     if not runs:
         raise BadInputError(f"{record} holds no recorded runs")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -62,6 +63,15 @@ def _summary(console: Console, outcome: RunOutcome, solved_return: float | None)
 def _refuse(console: Console, error: Exception) -> NoReturn:
     console.print(f"apexrl run: {error}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(2) from None
+
+
+def start_zygote() -> Zygote | None:
+    """The run's preloaded parent (``zygote.py``), where processes can be forked (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    from services.launcher.zygote import Zygote
+
+    return Zygote()
 
 
 def precheck(experiment: ExperimentConfig, zygote: Zygote | None) -> str | None:
@@ -189,9 +199,7 @@ def run_command(
             require_minari()
     except (ConfigError, DatasetError, FileNotFoundError, RunFolderError) as error:
         _refuse(console, error)
-    from services.launcher.zygote import start_zygote
-
-    # Started first thing (services/__main__.py); it imports torch while the shards start.
+    # It imports torch while the run folder and the shards are made ready.
     zygote = start_zygote()
     new_folder = not folder.exists()
     _log_to_file(folder / "logs" / "launcher.log", log_level)

@@ -328,26 +328,6 @@ class Zygote:
             self._process.wait()
 
 
-# A zygote started before the launcher's own imports (prestart), for start_zygote to take.
-_prestarted: Zygote | None = None
-
-
-def prestart() -> None:
-    """Starts the zygote now, where processes can be forked (Linux): ``apexrl run``'s first step."""
-    global _prestarted  # noqa: PLW0603 - one per launcher process, taken once
-    if _prestarted is None and sys.platform.startswith("linux"):
-        _prestarted = Zygote()
-
-
-def start_zygote() -> Zygote | None:
-    """The run's zygote: the one :func:`prestart` started, else a new one; None off Linux."""
-    global _prestarted
-    zygote, _prestarted = _prestarted, None
-    if zygote is None and sys.platform.startswith("linux"):
-        zygote = Zygote()
-    return zygote
-
-
 class ForkedProcess:
     """One role forked by the zygote: the interface of :class:`LocalProcess`."""
 

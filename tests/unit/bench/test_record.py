@@ -329,12 +329,35 @@ def test_a_record_without_runs_is_bad_input(tmp_path: Path, capsys: pytest.Captu
 def test_readme_writes_the_newest_figure_of_each_measure_between_the_markers(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
     lines = [
-        {"bench": "b", "workload": "w", "measure": "m", "value": 2.0, "unit": "s", "better": "lower",
-         "run_id": "one", "commit": "a" * 40, "dirty": False, "date": "2026-01-01T00:00:00+00:00",
-         "machine": {"cores": 2, "bare_loop_steps_per_s": 12000.0}},
-        {"bench": "b", "workload": "w", "measure": "m", "value": 1.5, "unit": "s", "better": "lower",
-         "reference": "floor", "reference_value": 1.0, "ratio": 1.5, "run_id": "two", "commit": "b" * 40,
-         "dirty": True, "date": "2026-01-02T00:00:00+00:00", "machine": {"cores": 16}},
+        {
+            "bench": "b",
+            "workload": "w",
+            "measure": "m",
+            "value": 2.0,
+            "unit": "s",
+            "better": "lower",
+            "run_id": "one",
+            "commit": "a" * 40,
+            "dirty": False,
+            "date": "2026-01-01T00:00:00+00:00",
+            "machine": {"cores": 2, "bare_loop_steps_per_s": 12000.0},
+        },
+        {
+            "bench": "b",
+            "workload": "w",
+            "measure": "m",
+            "value": 1.5,
+            "unit": "s",
+            "better": "lower",
+            "reference": "floor",
+            "reference_value": 1.0,
+            "ratio": 1.5,
+            "run_id": "two",
+            "commit": "b" * 40,
+            "dirty": True,
+            "date": "2026-01-02T00:00:00+00:00",
+            "machine": {"cores": 16},
+        },
     ]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     readme = tmp_path / "README.md"
