@@ -68,9 +68,15 @@ def _preload() -> None:
     import services.replay.shard  # noqa: F401, PLC0415
 
 
+# The zygote's replies, on a descriptor of their own: whatever a preloaded module prints to
+# standard output goes to standard error instead, never into the protocol.
+_replies: IO[str] | None = None
+
+
 def _send(message: Mapping[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
+    assert _replies is not None, "serve() opens the replies"
+    _replies.write(json.dumps(message) + "\n")
+    _replies.flush()
 
 
 def _precheck(config: Mapping[str, Any]) -> str | None:
@@ -86,6 +92,8 @@ def _precheck(config: Mapping[str, Any]) -> str | None:
     pid = os.fork()
     if pid == 0:
         os.close(readable)
+        if _replies is not None:
+            os.close(_replies.fileno())
         problem = "the check itself failed"
         try:
             problem = _check(experiment) or ""
@@ -113,12 +121,23 @@ def _check(experiment: Any) -> str | None:
 
 
 def _import_environment(environment_id: str) -> None:
-    """Imports the module of the environment's entry point (ale_py's, say), not the environment."""
+    """Imports the module of the environment's entry point (ale_py's, say), not the environment.
+
+    Only a head start for the children, so a failure is said on stderr, never fatal.
+    """
+    import importlib  # noqa: PLC0415
+
     import gymnasium  # noqa: PLC0415
 
-    entry_point = gymnasium.spec(environment_id).entry_point
-    if isinstance(entry_point, str):
-        gymnasium.envs.registration.load_env_creator(entry_point)
+    try:
+        module, _, name = environment_id.rpartition(":")  # gymnasium's "module:Id-v0" form
+        if module:
+            importlib.import_module(module)
+        entry_point = gymnasium.spec(name).entry_point
+        if isinstance(entry_point, str):
+            gymnasium.envs.registration.load_env_creator(entry_point)
+    except Exception as error:
+        print(f"zygote: {environment_id} not preloaded: {type(error).__name__}: {error}", file=sys.stderr)
 
 
 def _run_child(args: Sequence[str], log: str, environment: Mapping[str, str]) -> None:
@@ -133,6 +152,10 @@ def _run_child(args: Sequence[str], log: str, environment: Mapping[str, str]) ->
         os.dup2(output, 1)
         os.dup2(output, 2)
         os.close(null)
+        if _replies is not None:
+            # The zygote's replies are not the child's: a child holding them open would
+            # keep the launcher from seeing the zygote's end.
+            os.close(_replies.fileno())
         os.close(output)
         # Named as ps shows a spawned one; before the environment changes, whose space it takes.
         setproctitle(" ".join([sys.executable, "-m", "services", *args]))
@@ -179,6 +202,9 @@ def serve() -> None:
     from services.common.local_process import apply_child_settings  # noqa: PLC0415
 
     apply_child_settings()  # SIGTERM when the launcher dies; its children then get theirs
+    global _replies  # noqa: PLW0603 - the one protocol channel of this process
+    _replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
     _preload()
     _send({"ready": os.getpid()})
     requests = sys.stdin.buffer
@@ -236,7 +262,11 @@ class Zygote:
 
     def _read(self, stream: IO[bytes]) -> None:
         for line in stream:
-            message = json.loads(line)
+            try:
+                message = json.loads(line)
+            except ValueError:
+                self.errors = [*self.errors[-20:], f"not a reply: {line!r}"]
+                continue
             if "ready" in message:
                 continue  # requests sent meanwhile wait in the pipe until the imports are done
             if "exited" in message:

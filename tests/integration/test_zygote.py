@@ -125,3 +125,18 @@ def test_children_get_sigterm_when_the_zygote_dies(tmp_path: Path) -> None:
         assert process.exit_code() == -signal.SIGTERM  # its code went with the zygote
     finally:
         own.close()
+
+
+def test_a_module_that_prints_when_imported_does_not_disturb_the_zygote(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    """The zygote imports the experiment's environment module; its print goes to stderr, not the replies."""
+    noisy = "tests.integration.noisy_environment:NoisyCartPole-v0"
+    config = load_experiment("cartpole", [f"environment.id={noisy}"]).model_dump(mode="json")
+    assert zygote.precheck(config) is None
+    process = shard(zygote, tmp_path / "replay.log")
+    process.wait_for_address()
+    assert process.stop() == 0
+    assert zygote.alive
+    assert any("prints when it is imported" in line for line in zygote.errors)  # its stderr
+    assert not any(line.startswith("not a reply") for line in zygote.errors)
