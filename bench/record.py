@@ -13,8 +13,9 @@ run (default the newest) with an earlier one (default the newest before it on th
 model and core count), measure by measure: the ratio to the reference where both lines have
 one (the reference ran beside it, so the machine's drift cancels), else the value. A measure
 regressed when it moved the worse way by more than its noise: the largest of the relative
-spread (max - min over median) of either line's ``runs``, that of the measure over the
-earlier runs on this machine (three or more), and 5%. Exit 1 if one did, 2 on bad input.
+spread (max - min over median) of either line's ``runs`` (where neither has runs: that of the
+measure over three or more earlier runs on this machine), and 5%. Exit 1 if one did, 2 on
+bad input.
 
 ``.venv/bin/python -m bench.record latest [--bench B]`` prints the newest line of every measure;
 ``.venv/bin/python -m bench.record readme [--check]`` writes them as the README's table of figures
@@ -246,12 +247,16 @@ class Row:
 def compare_lines(name: str, old: Line, new: Line, earlier: list[Line]) -> Row:
     """One measure of two runs; ``earlier``: its lines in the runs before ``new`` on the same machine."""
     field = "ratio" if _number(old, "ratio") is not None and _number(new, "ratio") is not None else "value"
-    history = [value for line in earlier if (value := _number(line, field)) is not None]
-    samples = [history] if len(history) >= 3 else []
+    samples = []
     for line in (old, new):
         runs = line.get("runs")
         values = [run for run in runs if isinstance(run, int | float)] if isinstance(runs, list) else []
         samples += [values] if len(values) >= 2 else []
+    if not samples:
+        # Without repeated runs, the measure's spread over earlier runs on this machine (which
+        # also holds whatever changes they measured, so only where nothing better is there).
+        history = [value for line in earlier if (value := _number(line, field)) is not None]
+        samples = [history] if len(history) >= 3 else []
     noise = max([NOISE_FLOOR, *map(_spread, samples)])
     row = Row(name, field, _number(old, field), _number(new, field), noise, "same")
     change = row.change or 0.0

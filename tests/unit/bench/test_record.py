@@ -227,6 +227,11 @@ def test_noise_is_the_spread_of_the_runs_or_of_earlier_runs_on_the_machine(
     )
     code, out, _ = run(capsys, "compare", "--record", str(path))
     assert (code, verdicts(out)["b/w/m"][-2:]) == (0, ["25.0%", "same"])
+    # Where the lines have runs, theirs is the noise: the history holds what changes measured.
+    runs = recorded("r3", MACHINE_A, figure("m", 70.0, runs=[69.0, 70.0, 71.0]))
+    path = write(tmp_path / "runs.jsonl", *history, recorded("r2", MACHINE_A, figure("m", 80.0)), runs)
+    code, out, _ = run(capsys, "compare", "--record", str(path))
+    assert (code, verdicts(out)["b/w/m"][-2:]) == (1, ["5.0%", "REGRESSED"])
     two = write(tmp_path / "two.jsonl", *history[1:], recorded("r2", MACHINE_A, figure("m", 80.0)))
     code, out, _ = run(capsys, "compare", "--record", str(two))
     assert (code, verdicts(out)["b/w/m"][-2:]) == (1, ["5.0%", "REGRESSED"])
