@@ -42,8 +42,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from setproctitle import setproctitle
-
 from services.common.local_process import ADDRESS_LINE, child_environment
 
 _MODULE = "services.launcher.zygote"
@@ -57,6 +55,7 @@ _POLL_S = 0.01
 def _preload() -> None:
     """Everything a role imports at start that takes long: torch above all."""
     import gymnasium  # noqa: F401, PLC0415
+    import setproctitle  # noqa: F401, PLC0415
     import torch  # noqa: PLC0415
     import torch._dynamo  # noqa: F401, PLC0415 (the optimizers' constructors import it, 1-2 s)
 
@@ -158,6 +157,8 @@ def _run_child(args: Sequence[str], log: str, environment: Mapping[str, str]) ->
             os.close(_replies.fileno())
         os.close(output)
         # Named as ps shows a spawned one; before the environment changes, whose space it takes.
+        from setproctitle import setproctitle  # noqa: PLC0415 (the train extra's; preloaded)
+
         setproctitle(" ".join([sys.executable, "-m", "services", *args]))
         os.environ.clear()
         os.environ.update(environment)
