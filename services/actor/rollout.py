@@ -58,8 +58,8 @@ class Rollout:
         self._environments = environments
         self._episodes = episodes
         self._record = record
-        # Transitions waiting for the next step's record of their next observation, and their envs.
-        self._held: tuple[Columns, NDArray[np.int64]] | None = None
+        # The last step's transitions, waiting for this step's record of their next observations.
+        self._held: _Held | None = None
         self._builder = builder
         self._clip_rewards = clip_rewards
         self._terminal_on_life_loss = terminal_on_life_loss
@@ -122,34 +122,45 @@ class Rollout:
         self.observations = following
         if not acted:
             return transitions
-        ready = self._bootstrap_or_hold(transitions, ended, acted)
-        return ready if completed is None else _concatenate([completed, ready])
+        self._hold(transitions, ended if (learned_terminal | truncated).any() else None, acted)
+        return completed if completed is not None else _no_rows(transitions, acted)
 
-    def _complete_held(self, acted: Recorded) -> Columns | None:
-        """The transitions held from the last step, their next observations' records taken from ``acted``."""
-        if self._held is None:
-            return None
-        (columns, envs), self._held = self._held, None
-        return {**columns, **{BOOTSTRAP + name: values[envs] for name, values in acted.items()}}
+    def _hold(self, transitions: Columns, ended: NDArray[np.bool_] | None, acted: Recorded) -> None:
+        """Keeps this step's transitions until the next step records their next observations.
 
-    def _bootstrap_or_hold(self, transitions: Columns, ended: NDArray[np.bool_], acted: Recorded) -> Columns:
-        """Holds the transitions whose next observation the next step acts on; records the rest now.
-
-        A terminal transition (discount 0) bootstraps from nothing: its records are zeros.
-        A truncated one's next observation is the episode's last, never acted on.
+        Some records cannot come from there, and are fixed now: a terminal transition
+        (discount 0) bootstraps from nothing, so its records are zeros, and a truncated
+        one's next observation is the episode's last, never acted on: ``record`` scores it.
+        ``ended`` is None when no window ended this step (most steps): then none is fixed.
         """
         envs = transitions.pop(ENVIRONMENT)
+        if ended is None:
+            self._held = _Held(transitions, envs, _NO_ROWS, {})
+            return
         bootstraps = transitions["discount"] > 0.0
-        waits = bootstraps & ~ended[envs]
-        self._held = ({name: values[waits] for name, values in transitions.items()}, envs[waits])
-        ready = {name: values[~waits] for name, values in transitions.items()}
+        fixed = np.flatnonzero(~bootstraps | ended[envs])
+        records: Recorded = {}
+        if fixed.size:
+            records = {name: np.zeros((fixed.size, *v.shape[1:]), v.dtype) for name, v in acted.items()}
+            truncated = np.flatnonzero(bootstraps[fixed])
+            if truncated.size:
+                last = transitions["next_observation"][fixed[truncated]]
+                for name, values in self._recorded(last).items():
+                    records[name][truncated] = values
+        self._held = _Held(transitions, envs, fixed, records)
+
+    def _complete_held(self, acted: Recorded) -> Columns | None:
+        """The last step's transitions, their next observations' records taken from ``acted``."""
+        held, self._held = self._held, None
+        if held is None:
+            return None
+        columns = dict(held.columns)
         for name, values in acted.items():
-            ready[BOOTSTRAP + name] = np.zeros((len(ready["reward"]), *values.shape[1:]), values.dtype)
-        truncated = np.flatnonzero(bootstraps[~waits])
-        if truncated.size:
-            for name, values in self._recorded(ready["next_observation"][truncated]).items():
-                ready[BOOTSTRAP + name][truncated] = values
-        return ready
+            taken = values[held.envs]
+            if held.fixed.size:
+                taken[held.fixed] = held.records[name]
+            columns[BOOTSTRAP + name] = taken
+        return columns
 
     def _recorded(self, observations: NDArray[Any]) -> Recorded:
         if self._record is None:
@@ -162,11 +173,13 @@ class Rollout:
         if ENVIRONMENT not in flushed:  # nothing recorded
             return flushed
         flushed.pop(ENVIRONMENT)
-        parts = [] if self._held is None else [self._held[0]]
+        parts = [] if self._held is None else [self._held.columns]
         self._held = None
         columns = _concatenate([*parts, flushed])
-        if len(columns["reward"]):
+        terminal = columns["discount"] == 0.0
+        if len(terminal):
             for name, values in self._recorded(columns["next_observation"]).items():
+                values[terminal] = 0
                 columns[BOOTSTRAP + name] = values
         else:
             acted = recorded(columns, ACTED)
@@ -183,6 +196,27 @@ class Rollout:
 def _lives(info: dict[str, Any]) -> float:
     """The lives an environment's info reports (ale-py does), NaN when it reports none."""
     return float(info.get("lives", np.nan))
+
+
+_NO_ROWS = np.empty(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A step's transitions, and the records fixed at once for rows ``fixed`` (see Rollout._hold)."""
+
+    columns: Columns
+    envs: NDArray[np.int64]
+    fixed: NDArray[np.int64]
+    records: Recorded
+
+
+def _no_rows(transitions: Columns, acted: Recorded) -> Columns:
+    """No transitions, in the columns (and shapes) of those that carry records."""
+    return {
+        **{name: values[:0] for name, values in transitions.items()},
+        **{BOOTSTRAP + name: values[:0] for name, values in acted.items()},
+    }
 
 
 def _concatenate(parts: list[Columns]) -> Columns:

@@ -60,7 +60,7 @@ def initial_priorities(network: QNetwork, columns: Columns) -> NDArray[np.float6
     else:
         count = columns["observation"].shape[0]
         q_values = q_values_of(network, np.concatenate([columns["observation"], columns["next_observation"]]))
-        q_taken = np.take_along_axis(q_values[:count], columns["action"].astype(np.int64)[:, None], 1)[:, 0]
+        q_taken = q_values[np.arange(count), columns["action"].astype(np.int64)]
         next_values = _values(q_values[count:])
     td = columns["reward"].astype(np.float32) + columns["discount"].astype(np.float32) * next_values - q_taken
     return priorities_of(td)
@@ -90,7 +90,7 @@ class DqnPolicy:
         q_values = q_values_of(self.network, observations)
         actions: NDArray[np.int64] = q_values.argmax(axis=1)
         explore(actions, self.network.num_actions, exploration.value, rng)
-        q_taken = np.take_along_axis(q_values, actions[:, None], 1)[:, 0]
+        q_taken = q_values[np.arange(len(actions)), actions]
         return actions, {"q_taken": q_taken, "value": _values(q_values)}
 
     def record(self, observations: NDArray[Any]) -> dict[str, NDArray[Any]]:
