@@ -6,7 +6,7 @@ import argparse
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -22,6 +22,8 @@ INSERT = "InsertTransitions"
 SAMPLE = "SampleTransitions"
 UPDATE = "UpdatePriorities"
 REPLY_METHODS = (INSERT, SAMPLE, UPDATE)
+# The replay's streamed sampling, mirrored: each request read is answered with SAMPLE's bytes.
+SAMPLE_STREAM = "SampleStream"
 SET_REPLY_METHOD = "SetReply"
 # SetReply's request is the method name, this separator, then the reply bytes.
 SET_REPLY_SEPARATOR = b"\n"
@@ -56,13 +58,16 @@ class EchoHandlers:
             )
             for method in REPLY_METHODS
         }
+        handlers[SAMPLE_STREAM] = grpc.stream_stream_rpc_method_handler(
+            self._answer_stream, request_deserializer=_identity, response_serializer=_identity
+        )
         handlers[SET_REPLY_METHOD] = grpc.unary_unary_rpc_method_handler(
             self._set_reply, request_deserializer=_identity, response_serializer=_identity
         )
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
     def async_generic_handler(self) -> grpc.GenericRpcHandler:
-        """The same handlers as coroutines, for a grpc.aio server."""
+        """The unary handlers as coroutines, for a grpc.aio server (the learner's benchmarks)."""
         handlers = {
             method: grpc.unary_unary_rpc_method_handler(
                 _as_coroutine(self._answer(method)),
@@ -83,6 +88,10 @@ class EchoHandlers:
             return replies[method]
 
         return answer
+
+    def _answer_stream(self, requests: Iterator[bytes], _context: grpc.ServicerContext) -> Iterator[bytes]:
+        for _request in requests:
+            yield self._replies[SAMPLE]
 
     def _set_reply(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         name, separator, reply = request.partition(SET_REPLY_SEPARATOR)

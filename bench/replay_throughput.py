@@ -52,6 +52,11 @@ MEASURES = (
     Measure("insert_2_writers", "items/s", "grpc_echo", "higher"),
     Measure("insert_2_writers_bytes", "MB/s", "grpc_echo", "higher"),
     Measure("sample", "items/s", "grpc_echo", "higher"),
+    # SampleStream with SAMPLE_STREAM_IN_FLIGHT requests in flight, against the unary echo that
+    # is the ceiling of "sample" (does the stream beat batched unary?), and against an echo
+    # answering the same stream (what the shard's own work costs on a stream).
+    Measure("sample_stream", "items/s", "grpc_echo", "higher"),
+    Measure("sample_stream_transport", "items/s", "grpc_echo_stream", "higher"),
     Measure("sample_update", "batches/s", "grpc_echo", "higher"),
     Measure("memory_growth", "bytes", "raw_bytes", "lower"),
     Measure("memory_per_item", "bytes", "raw_item_bytes", "lower"),
@@ -126,7 +131,7 @@ def _phase_pair(
     logger.info("phase=%s clients=%d reply_bytes=%s", kind, clients, sizes)
     if kind == "sample_update":
         return {kind: (on_replay.calls_per_s, on_echo.calls_per_s)}
-    if kind == "sample":
+    if kind in ("sample", "sample_stream"):
         return {kind: (on_replay.items_per_s, on_echo.items_per_s)}
     name = "insert_1_writer" if clients == 1 else f"insert_{clients}_writers"
     return {
@@ -162,6 +167,10 @@ def _measure_all(workload: Workload, servers: Servers, seconds: float) -> RunFig
     # The table is full, so it holds more than the workload's minimum for sampling.
     assert workload.capacity >= workload.min_sampled_size
     figures |= _phase_pair("sample", workload, servers, seconds, clients=1)
+    stream = _phase_pair("sample_stream", workload, servers, seconds, clients=1)
+    streamed, stream_echo = stream["sample_stream"]
+    figures["sample_stream"] = (streamed, figures["sample"][1])
+    figures["sample_stream_transport"] = (streamed, stream_echo)
     figures |= _phase_pair("sample_update", workload, servers, seconds, clients=1)
     figures |= _snapshot_while_sampling(servers.replay)
     return figures

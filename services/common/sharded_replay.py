@@ -16,10 +16,13 @@ w_i = (N * P(i))^-beta / max_batch w, N the item count over all shards.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 import grpc
@@ -72,6 +75,83 @@ class InsertRefusedError(grpc.RpcError):
 
     def details(self) -> str:
         return self._details
+
+
+class _NoReplyError(grpc.RpcError):
+    """A shard's stream gave no reply within the call's timeout: DEADLINE_EXCEEDED, as a unary call."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self) -> str:
+        return "no reply on the sample stream in time"
+
+
+# A stream's own deadline: far beyond its use, as a stream is replaced once older than
+# _STREAM_RENEW_S (a new one takes the next requests while the old one answers those it has).
+_STREAM_DEADLINE_S = 24 * 3600.0
+_STREAM_RENEW_S = 3600.0
+
+Reply = replay_pb2.SampleTransitionsResponse
+
+
+class _SampleStream:
+    """One SampleStream call to a shard: requests go out as they are sent, and a reader thread
+    queues the replies, which come back in the requests' order."""
+
+    def __init__(self, stub: replay_pb2_grpc.ReplayServiceStub) -> None:
+        self._requests: queue.SimpleQueue[replay_pb2.SampleTransitionsRequest | None] = queue.SimpleQueue()
+        self._replies: queue.SimpleQueue[Reply | grpc.RpcError] = queue.SimpleQueue()
+        self._call = stub.SampleStream(iter(self._requests.get, None), timeout=_STREAM_DEADLINE_S)
+        self.opened = time.monotonic()
+        threading.Thread(target=self._read, name="sample-stream", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for reply in self._call:
+                self._replies.put(reply)
+        except grpc.RpcError as error:
+            self._replies.put(error)
+
+    def send(self, request: replay_pb2.SampleTransitionsRequest) -> Callable[[float], Reply]:
+        """Sends ``request``; the returned function waits at most its argument (s) for the reply."""
+        self._requests.put(request)
+        return self._receive
+
+    def _receive(self, timeout_s: float) -> Reply:
+        try:
+            reply = self._replies.get(timeout=timeout_s)
+        except queue.Empty:
+            self.cancel()
+            raise _NoReplyError() from None
+        if isinstance(reply, grpc.RpcError):
+            raise reply
+        return reply
+
+    def finish(self) -> None:
+        """No more requests: the shard ends the stream after answering those sent."""
+        self._requests.put(None)
+
+    def cancel(self) -> None:
+        self.finish()
+        self._call.cancel()
+
+
+def _future_result(future: Any, _timeout_s: float) -> Reply:
+    """A unary call's reply (its future has the call's own timeout)."""
+    reply: Reply = future.result()
+    return reply
+
+
+@dataclass(frozen=True)
+class _Draw:
+    """A batch whose parts were asked of the shards: each part's reply, waited for by ``replies``."""
+
+    batch_size: int
+    max_wait_s: float
+    eligible: list[int]
+    split_probabilities: NDArray[np.float64]
+    replies: dict[int, Callable[[float], Reply]]
 
 
 @dataclass(frozen=True)
@@ -214,7 +294,15 @@ class _Shard:
 
 
 class ShardedReplayClient:
-    """Samples, inserts and updates priorities over shards; a shard that is down is skipped meanwhile."""
+    """Samples, inserts and updates priorities over shards; a shard that is down is skipped meanwhile.
+
+    Samples go over one SampleStream per shard (``stream_samples``; a shard without it is sampled
+    with unary calls instead). With ``lookahead`` n, the parts of the next n batches are asked
+    for before a batch is waited for, so the shards draw them while it is on the wire: a batch
+    is then drawn up to n calls before :meth:`sample` returns it, with the priorities of that
+    moment (a prefetching learner's batches are that old anyway). Its probabilities stay exact:
+    the split's and the shards' totals come with it.
+    """
 
     def __init__(
         self,
@@ -227,10 +315,14 @@ class ShardedReplayClient:
         max_backoff_s: float = 5.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         security: SecuritySettings | None = None,
+        stream_samples: bool = True,
+        lookahead: int = 0,
     ) -> None:
         """``security``: the process's (services/common/security.py) unless given."""
         if not addresses:
             raise ValueError("at least one replay shard address is needed")
+        if lookahead < 0:
+            raise ValueError(f"lookahead must be >= 0, got {lookahead}")
         self._shards = []
         for address in addresses:
             channel = create_channel(address, max_message_bytes, security=security)
@@ -242,6 +334,10 @@ class ShardedReplayClient:
         self._max_backoff_s = max_backoff_s
         self._refreshed_at = -np.inf
         self._next_insert_shard = 0
+        self._stream_samples = stream_samples
+        self._lookahead = lookahead
+        self._streams: dict[int, _SampleStream] = {}
+        self._pending: deque[_Draw] = deque()
 
     @property
     def num_shards(self) -> int:
@@ -258,6 +354,7 @@ class ShardedReplayClient:
         return sum(shard.size for shard in up), sum(shard.capacity for shard in up)
 
     def close(self) -> None:
+        self._abandon_draws()
         for shard in self._shards:
             shard.channel.close()
 
@@ -315,13 +412,13 @@ class ShardedReplayClient:
         if time.monotonic() - self._refreshed_at >= self._info_refresh_s:
             self.refresh()
         excluded: set[int] = set()
-        # Each failed attempt removes at least one shard, so K + 1 attempts suffice.
-        for _ in range(len(self._shards) + 1):
-            now = time.monotonic()
-            eligible = [i for i, s in enumerate(self._shards) if s.sampleable(now) and i not in excluded]
-            if not eligible:
+        # Each failed attempt removes at least one shard, so K + 1 attempts suffice (and one
+        # more for a shard found to lack SampleStream).
+        for _ in range(len(self._shards) + 2):
+            draw = self._next_draw(batch_size, max_wait_s, excluded)
+            if draw is None:
                 break
-            result = self._sample_once(eligible, batch_size, importance_exponent, max_wait_s)
+            result = self._complete(draw, importance_exponent)
             if isinstance(result, ShardedSample):
                 return result
             excluded |= result
@@ -329,39 +426,93 @@ class ShardedReplayClient:
             f"no replay shard can be sampled now ({self.shards_up()} of {len(self._shards)} reachable)"
         )
 
-    def _sample_once(
-        self, eligible: list[int], batch_size: int, importance_exponent: float, max_wait_s: float
-    ) -> ShardedSample | set[int]:
-        """Samples the split over ``eligible``; on any shard failure returns the shards to leave out."""
+    def _next_draw(self, batch_size: int, max_wait_s: float, excluded: set[int]) -> _Draw | None:
+        """The oldest draw asked ahead if it is of this kind, else a new one; then ``lookahead``
+        more are asked for. None when no shard can be sampled."""
+        if self._pending and (self._pending[0].batch_size, self._pending[0].max_wait_s) != (
+            batch_size,
+            max_wait_s,
+        ):
+            self._abandon_draws()
+        draw = self._pending.popleft() if self._pending else self._ask(batch_size, max_wait_s, excluded)
+        while draw is not None and len(self._pending) < self._lookahead:
+            ahead = self._ask(batch_size, max_wait_s, excluded)
+            if ahead is None:
+                break
+            self._pending.append(ahead)
+        return draw
+
+    def _ask(self, batch_size: int, max_wait_s: float, excluded: set[int]) -> _Draw | None:
+        """Splits a batch over the shards that can be sampled and asks each for its part."""
+        now = time.monotonic()
+        eligible = [i for i, s in enumerate(self._shards) if s.sampleable(now) and i not in excluded]
+        if not eligible:
+            return None
         split_totals = np.array([self._shards[i].total_mass for i in eligible], dtype=np.float64)
         split_probabilities = split_totals / split_totals.sum()
         counts = self._rng.multinomial(batch_size, split_probabilities)
-        calls = {
-            shard_index: self._shards[shard_index].stub.SampleTransitions.future(
-                replay_pb2.SampleTransitionsRequest(batch_size=int(count), max_wait_s=max_wait_s),
-                timeout=self._timeout_s + max_wait_s,
+        replies = {
+            shard_index: self._send(
+                shard_index, replay_pb2.SampleTransitionsRequest(batch_size=int(count), max_wait_s=max_wait_s)
             )
             for shard_index, count in zip(eligible, counts, strict=True)
             if count > 0
         }
-        replies: dict[int, replay_pb2.SampleTransitionsResponse] = {}
+        return _Draw(batch_size, max_wait_s, eligible, split_probabilities, replies)
+
+    def _send(self, index: int, request: replay_pb2.SampleTransitionsRequest) -> Callable[[float], Reply]:
+        """Asks shard ``index`` for a sample; the result waits for its reply."""
+        stub = self._shards[index].stub
+        if not self._stream_samples:
+            future = stub.SampleTransitions.future(request, timeout=self._timeout_s + request.max_wait_s)
+            return partial(_future_result, future)
+        stream = self._streams.get(index)
+        if stream is None or time.monotonic() - stream.opened > _STREAM_RENEW_S:
+            if stream is not None:
+                stream.finish()
+            stream = self._streams[index] = _SampleStream(stub)
+        return stream.send(request)
+
+    def _abandon_draws(self) -> None:
+        """Forgets the draws asked ahead, and the streams that would still answer them."""
+        self._pending.clear()
+        for stream in self._streams.values():
+            stream.cancel()
+        self._streams.clear()
+
+    def _complete(self, draw: _Draw, importance_exponent: float) -> ShardedSample | set[int]:
+        """Waits for the draw's parts; on any shard failure returns the shards to leave out."""
+        replies: dict[int, Reply] = {}
         failed: set[int] = set()
-        for shard_index, call in calls.items():
+        unimplemented = False
+        for shard_index, receive in draw.replies.items():
             try:
-                replies[shard_index] = call.result()
+                replies[shard_index] = receive(self._timeout_s + draw.max_wait_s)
             except grpc.RpcError as error:
+                code = error.code()
+                if code == grpc.StatusCode.UNIMPLEMENTED and self._stream_samples:
+                    unimplemented = True
+                    continue
                 failed.add(shard_index)
-                if error.code() in _DOWN_CODES:
+                if code in _DOWN_CODES:
                     self._mark_down(shard_index, error)
-                elif error.code() not in _NOT_NOW_CODES:
+                elif code not in _NOT_NOW_CODES:
+                    self._abandon_draws()
                     raise
         for shard_index, reply in replies.items():
             shard = self._shards[shard_index]
             shard.total_mass, shard.size = reply.total_priority_mass, reply.size
-        if failed:
+        if unimplemented:
+            # A shard from before SampleStream: every shard is sampled with unary calls from now.
+            logger.warning("a replay shard has no SampleStream; sampling with unary calls")
+            self._stream_samples = False
+        if failed or unimplemented:
             # Keeping the other shards' items would bias the batch; draw it again without these.
+            self._abandon_draws()
             return failed
-        return self._assemble(eligible, split_probabilities, replies, batch_size, importance_exponent)
+        return self._assemble(
+            draw.eligible, draw.split_probabilities, replies, draw.batch_size, importance_exponent
+        )
 
     def _assemble(
         self,

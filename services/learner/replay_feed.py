@@ -19,6 +19,9 @@ logger = logging.getLogger(__name__)
 # How long a sample may wait on the shards' samples-per-insert limiter for actors
 # to catch up, before the prefetcher backs off and asks again.
 _SAMPLE_WAIT_S = 1.0
+# Sample requests asked of each shard ahead of the one waited for: the shard draws the next
+# while the last is on the wire (docs/replay.md, "Sampling over a stream").
+_LOOKAHEAD = 1
 
 
 class BatchPrefetcher:
@@ -27,7 +30,8 @@ class BatchPrefetcher:
     Sampling starts once the shards together hold ``min_replay_size`` items (the
     learning-starts threshold). The client is owned by this thread alone. Each request
     draws ``batches_per_request`` batches at once and splits them: a sample costs about
-    as much per request as per item, so this cuts the learner's share of RPC work.
+    as much per request as per item, so this cuts the learner's share of RPC work; and the
+    next request is asked for before this one's reply is waited for.
     """
 
     def __init__(
@@ -42,7 +46,7 @@ class BatchPrefetcher:
     ) -> None:
         if batches_per_request < 1:
             raise ValueError(f"batches_per_request must be >= 1, got {batches_per_request}")
-        self._client = ShardedReplayClient(addresses, seed=seed)
+        self._client = ShardedReplayClient(addresses, seed=seed, lookahead=_LOOKAHEAD)
         self._rng = np.random.default_rng(seed)
         self._batch_size = batch_size
         self._batches_per_request = batches_per_request

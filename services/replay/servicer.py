@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import grpc
@@ -128,22 +129,36 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
     def SampleTransitions(  # type: ignore[override]  # the reply's bytes, see add_to_server
         self, request: replay_pb2.SampleTransitionsRequest, context: grpc.ServicerContext
     ) -> bytes:
-        def sample() -> bytes:
-            batch_size = request.batch_size
-            if not 1 <= batch_size <= MAX_SAMPLE_BATCH:
-                raise InvalidInputError(f"batch_size must be in 1..{MAX_SAMPLE_BATCH}, got {batch_size}")
-            item_bytes = self._table.item_bytes
-            reply_bytes = batch_size * (item_bytes + _REPLY_PER_ITEM_BYTES) + _REPLY_OVERHEAD_BYTES
-            if reply_bytes > self._max_message_bytes:
-                raise MessageTooLargeError(
-                    f"a sample of {batch_size} items of {item_bytes} bytes needs a ~{reply_bytes} byte "
-                    f"reply, above the {self._max_message_bytes} byte message limit; sample fewer items"
-                )
-            # Serialized under the table's lock, straight from the stored rows.
-            wait_s = _allowed_wait_s(request.max_wait_s, context)
-            return self._table.sample_into(batch_size, wait_s, self._serialize_within_limit)
+        return self._serve("SampleTransitions", context, lambda: self._sample(request, context))
 
-        return self._serve("SampleTransitions", context, sample)
+    def SampleStream(  # type: ignore[override]  # the replies' bytes, see add_to_server
+        self,
+        requests: Iterator[replay_pb2.SampleTransitionsRequest | _Undecodable],
+        context: grpc.ServicerContext,
+    ) -> Iterator[bytes]:
+        """One reply per request, in order; the first failure ends the stream with its status."""
+        for request in requests:
+            yield self._serve("SampleStream", context, partial(self._sample, request, context))
+
+    def _sample(
+        self, request: replay_pb2.SampleTransitionsRequest | _Undecodable, context: grpc.ServicerContext
+    ) -> bytes:
+        """One request's reply bytes, or the domain error that refuses it."""
+        if isinstance(request, _Undecodable):  # only a stream's requests arrive undecoded
+            raise InvalidInputError(request.details)
+        batch_size = request.batch_size
+        if not 1 <= batch_size <= MAX_SAMPLE_BATCH:
+            raise InvalidInputError(f"batch_size must be in 1..{MAX_SAMPLE_BATCH}, got {batch_size}")
+        item_bytes = self._table.item_bytes
+        reply_bytes = batch_size * (item_bytes + _REPLY_PER_ITEM_BYTES) + _REPLY_OVERHEAD_BYTES
+        if reply_bytes > self._max_message_bytes:
+            raise MessageTooLargeError(
+                f"a sample of {batch_size} items of {item_bytes} bytes needs a ~{reply_bytes} byte "
+                f"reply, above the {self._max_message_bytes} byte message limit; sample fewer items"
+            )
+        # Serialized under the table's lock, straight from the stored rows.
+        wait_s = _allowed_wait_s(request.max_wait_s, context)
+        return self._table.sample_into(batch_size, wait_s, self._serialize_within_limit)
 
     def _serialize_within_limit(self, items: SampledItems[InPlace]) -> bytes:
         """The reply's bytes; MessageTooLargeError, raised before the table counts the sample, where
@@ -228,13 +243,10 @@ class _Undecodable:
     details: str
 
 
-def _handler(
-    behavior: Callable[[Any, grpc.ServicerContext], Any],
-    request: type[Message],
-    response_serializer: Callable[[Any], bytes],
-) -> grpc.RpcMethodHandler[Any, Any]:
-    """A unary handler whose undecodable requests fail with INVALID_ARGUMENT (the gRPC runtime
-    answers a deserializer's exception with INTERNAL, a server fault)."""
+def _deserializer(request: type[Message]) -> Callable[[bytes], Message | _Undecodable]:
+    """Parses ``request``; bytes that do not parse become an :class:`_Undecodable` for the handler
+    to refuse with INVALID_ARGUMENT (the gRPC runtime answers a deserializer's exception with
+    INTERNAL, a server fault)."""
 
     def deserialize(data: bytes) -> Message | _Undecodable:
         try:
@@ -242,19 +254,29 @@ def _handler(
         except DecodeError as error:
             return _Undecodable(f"the request is not a valid {request.DESCRIPTOR.full_name}: {error}")
 
+    return deserialize
+
+
+def _handler(
+    behavior: Callable[[Any, grpc.ServicerContext], Any],
+    request: type[Message],
+    response_serializer: Callable[[Any], bytes],
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A unary handler whose undecodable requests fail with INVALID_ARGUMENT."""
+
     def handle(message: Message | _Undecodable, context: grpc.ServicerContext) -> Any:
         if isinstance(message, _Undecodable):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, message.details)
         return behavior(message, context)
 
     return grpc.unary_unary_rpc_method_handler(
-        handle, request_deserializer=deserialize, response_serializer=response_serializer
+        handle, request_deserializer=_deserializer(request), response_serializer=response_serializer
     )
 
 
 def add_to_server(servicer: ReplayServicer, server: grpc.Server) -> None:
-    """Registers the servicer like the generated function, but SampleTransitions answers with
-    the bytes :func:`serialize_sample` made under the table's lock (one copy of the rows)."""
+    """Registers the servicer like the generated function, but SampleTransitions and SampleStream
+    answer with the bytes :func:`serialize_sample` made under the table's lock (one copy of the rows)."""
     messages = replay_pb2
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "InsertTransitions": _handler(
@@ -264,6 +286,12 @@ def add_to_server(servicer: ReplayServicer, server: grpc.Server) -> None:
         ),
         "SampleTransitions": _handler(
             servicer.SampleTransitions, messages.SampleTransitionsRequest, _already_serialized
+        ),
+        # Its behavior refuses undecodable requests itself: they arrive mid-stream.
+        "SampleStream": grpc.stream_stream_rpc_method_handler(
+            servicer.SampleStream,
+            request_deserializer=_deserializer(messages.SampleTransitionsRequest),
+            response_serializer=_already_serialized,
         ),
         "UpdatePriorities": _handler(
             servicer.UpdatePriorities,

@@ -66,6 +66,7 @@ ALLOWED: dict[str, frozenset[Code]] = {
     "SampleTransitions": frozenset(
         {OK, Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION, Code.RESOURCE_EXHAUSTED}
     ),
+    "SampleStream": frozenset({OK, Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION, Code.RESOURCE_EXHAUSTED}),
     "UpdatePriorities": frozenset({OK, Code.INVALID_ARGUMENT}),
     "GetInfo": frozenset({OK}),
     "SaveSnapshot": frozenset({OK, Code.FAILED_PRECONDITION}),
@@ -106,19 +107,32 @@ def _same(data: bytes) -> bytes:
 
 
 class Method:
-    """One RPC, called with request bytes as they are; counts the requests it sent."""
+    """One RPC, called with request bytes as they are; counts the requests it sent.
+
+    ``stream``: the RPC streams its replies; ``bidi``: its requests too (one is sent per call).
+    """
 
     def __init__(
-        self, channel: grpc.Channel, service: str, name: str, request: type[Message], stream: bool = False
+        self,
+        channel: grpc.Channel,
+        service: str,
+        name: str,
+        request: type[Message],
+        stream: bool = False,
+        bidi: bool = False,
     ) -> None:
         self.name = name
         self.request = request
         self.sent = 0
         self.codes: Counter[str] = Counter()  # replies by status code
         path = f"/{service}/{name}"
-        self._stream = stream
+        self._stream = stream or bidi
+        self._bidi = bidi
         self._unary = channel.unary_unary(path, request_serializer=_same, response_deserializer=_same)
         self._streaming = channel.unary_stream(path, request_serializer=_same, response_deserializer=_same)
+        self._both_streaming = channel.stream_stream(
+            path, request_serializer=_same, response_deserializer=_same
+        )
 
     def decodes(self, payload: bytes) -> bool:
         try:
@@ -147,7 +161,11 @@ class Method:
         try:
             if not self._stream:
                 return Reply(OK, "", self._unary(payload, timeout=TIMEOUT_S))
-            stream = self._streaming(payload, timeout=TIMEOUT_S)
+            stream = (
+                self._both_streaming(iter([payload]), timeout=TIMEOUT_S)
+                if self._bidi
+                else self._streaming(payload, timeout=TIMEOUT_S)
+            )
             try:
                 return Reply(OK, "", next(stream))
             except StopIteration:
@@ -642,8 +660,10 @@ class ReplayUnderTest:
     channel: grpc.Channel
     keys: NDArray[np.int64]  # of the items stored
 
-    def method(self, name: str, request: type[Message], service: str = REPLAY_SERVICE) -> Method:
-        return Method(self.channel, service, name, request)
+    def method(
+        self, name: str, request: type[Message], service: str = REPLAY_SERVICE, bidi: bool = False
+    ) -> Method:
+        return Method(self.channel, service, name, request, bidi=bidi)
 
 
 @pytest.fixture(scope="module")
@@ -815,8 +835,11 @@ def hostile_samples(draw: st.DrawFn) -> Case:
     return serialized(request) + extra, ("sample",)
 
 
-def test_hostile_samples_answer_a_documented_status_and_change_no_item(replay: ReplayUnderTest) -> None:
-    method = replay.method("SampleTransitions", replay_pb2.SampleTransitionsRequest)
+@pytest.mark.parametrize("rpc", ["SampleTransitions", "SampleStream"])
+def test_hostile_samples_answer_a_documented_status_and_change_no_item(
+    replay: ReplayUnderTest, rpc: str
+) -> None:
+    method = replay.method(rpc, replay_pb2.SampleTransitionsRequest, bidi=rpc == "SampleStream")
     table = replay.shard.table
     live = set(replay.keys.tolist())
     before = table_state(table)

@@ -408,3 +408,75 @@ def test_a_call_without_a_timeout_gets_the_channel_default_deadline(start_shard:
     assert time.monotonic() - started < 15.0  # a behaviour bound: without the deadline it takes 30 s
     assert caught.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED)
     assert stub.GetInfo(replay_pb2.GetInfoRequest()).samples == 2
+
+
+def _stream_sample(
+    shard: ReplayShard, requests: list[Message | bytes]
+) -> tuple[list[bytes], grpc.RpcError | None]:
+    """The replies to ``requests`` (messages, or bytes as they are) sent on one SampleStream, and
+    the error that ended it, if any."""
+    payloads = [
+        request if isinstance(request, bytes) else request.SerializeToString() for request in requests
+    ]
+    replies: list[bytes] = []
+    with create_channel(shard.address) as channel:
+        call: grpc.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(
+            "/apexrl.replay.v1.ReplayService/SampleStream"
+        )
+        try:
+            replies.extend(call(iter(payloads), timeout=TIMEOUT_S))
+        except grpc.RpcError as error:
+            return replies, error
+    return replies, None
+
+
+def test_a_sample_stream_answers_each_request_in_order_as_its_unary_call_would(
+    shard: ReplayShard, stub: replay_pb2_grpc.ReplayServiceStub
+) -> None:
+    sizes = [1, 5, 64, 3]
+    replies, error = _stream_sample(
+        shard, [replay_pb2.SampleTransitionsRequest(batch_size=size) for size in sizes]
+    )
+    assert error is None
+    parsed = [replay_pb2.SampleTransitionsResponse.FromString(reply) for reply in replies]
+    assert [len(tensor_codec.decode(reply.keys)) for reply in parsed] == sizes
+    inserted = tensor_codec.decode(stub.InsertTransitions(insert_request(10, 1), timeout=TIMEOUT_S).keys)
+    for reply in parsed:
+        columns = {name: dense(column) for name, column in tensor_codec.decode_columns(reply.batch).items()}
+        masses = tensor_codec.decode(reply.priority_masses)
+        np.testing.assert_allclose(masses, (columns["action"] + 1.0) ** 0.6)
+        # Keys are the sequence numbers of the items they name, like the key inserted after them.
+        np.testing.assert_array_equal(tensor_codec.decode(reply.keys), inserted[0] - 10 + columns["action"])
+        assert reply.size == 10
+    assert stub.GetInfo(replay_pb2.GetInfoRequest(), timeout=TIMEOUT_S).samples == sum(sizes)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (replay_pb2.SampleTransitionsRequest(batch_size=0), "batch_size must be in 1..16384, got 0"),
+        (b"\xff\xff\xff", "the request is not a valid apexrl.replay.v1.SampleTransitionsRequest"),
+    ],
+    ids=["batch size 0", "undecodable bytes"],
+)
+def test_a_bad_request_ends_a_sample_stream_after_the_replies_before_it(
+    shard: ReplayShard, stub: replay_pb2_grpc.ReplayServiceStub, bad: Message | bytes, message: str
+) -> None:
+    good = replay_pb2.SampleTransitionsRequest(batch_size=4)
+    replies, error = _stream_sample(shard, [good, bad, good])
+    assert len(replies) == 1
+    assert error is not None
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in (error.details() or "")
+    assert stub.GetInfo(replay_pb2.GetInfoRequest(), timeout=TIMEOUT_S).samples == 4
+
+
+def test_a_sample_stream_on_a_shard_below_its_minimum_is_failed_precondition(
+    start_shard: ShardFactory,
+) -> None:
+    shard = start_shard(capacity=100, min_size_to_sample=5)
+    stub_for(shard).InsertTransitions(insert_request(0, 2), timeout=TIMEOUT_S)
+    replies, error = _stream_sample(shard, [replay_pb2.SampleTransitionsRequest(batch_size=1)])
+    assert replies == []
+    assert error is not None
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION

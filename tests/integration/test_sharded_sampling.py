@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import grpc
 import numpy as np
 import pytest
+from google.protobuf.message import Message
 
+from apexrl.replay.v1 import replay_pb2, replay_pb2_grpc
+from services.common.channels import create_channel
 from services.common.encoded import dense
 from services.common.sharded_replay import ShardedReplayClient, ShardedSample
 from services.launcher.ports import pick_free_ports
@@ -53,12 +60,19 @@ def test_insert_sample_and_update_over_three_shards(start_shard: ShardFactory) -
     assert zeroed.isdisjoint(dense(later.columns["action"])[later.shards == 1].tolist())
 
 
+@pytest.mark.parametrize(
+    ("stream_samples", "lookahead"),
+    [(False, 0), (True, 0), (True, 2)],
+    ids=["unary", "stream", "ahead"],
+)
 def test_item_frequencies_over_shards_with_very_different_totals_match_the_global_distribution(
-    start_shard: ShardFactory,
+    start_shard: ShardFactory, stream_samples: bool, lookahead: int
 ) -> None:
     sizes, scales = [60, 30, 10], [0.01, 1.0, 100.0]
     shards = [start_shard(capacity=1000, priority_exponent=ALPHA) for _ in sizes]
-    client = ShardedReplayClient([s.address for s in shards], seed=11)
+    client = ShardedReplayClient(
+        [s.address for s in shards], seed=11, stream_samples=stream_samples, lookahead=lookahead
+    )
     for shard, size, scale, first in zip(shards, sizes, scales, [0, 60, 90], strict=True):
         values = scale * np.random.default_rng(first).uniform(0.05, 1.0, size)
         shard.table.insert(transitions(first, size), values, max_wait_s=0)
@@ -327,3 +341,64 @@ def test_a_rate_limited_shard_refusing_its_part_leaves_exact_probabilities_over_
     if room:
         assert 0 < kept_with_shard_2 < batches
     check.assert_frequencies_match()
+
+
+@pytest.mark.parametrize("lookahead", [0, 1])
+def test_with_lookahead_a_batch_is_drawn_when_asked_for_one_call_ahead(
+    start_shard: ShardFactory, lookahead: int
+) -> None:
+    """Only item 0 has mass, then only item 1: the batch after the change still holds item 0
+    when it was asked for (and drawn) ahead of it."""
+    shard = start_shard(capacity=100, priority_exponent=ALPHA)
+    keys = shard.table.insert(transitions(0, 2), np.array([1.0, 0.0]), max_wait_s=0)
+    client = ShardedReplayClient([shard.address], seed=1, lookahead=lookahead)
+    first = client.sample(8, importance_exponent=0.5)
+    # The batch asked ahead is drawn once the shard reads its request, soon after.
+    deadline = time.monotonic() + 10.0
+    while shard.table.info().samples < 8 * (1 + lookahead) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    shard.table.update_priorities(keys, np.array([0.0, 1.0]))
+    second = client.sample(8, importance_exponent=0.5)
+    third = client.sample(8, importance_exponent=0.5)
+    drawn = [set(dense(batch.columns["action"]).tolist()) for batch in (first, second, third)]
+    assert drawn == ([{0}, {0}, {1}] if lookahead else [{0}, {1}, {1}])
+    client.close()
+
+
+def _shard_before_sample_stream(address: str) -> grpc.GenericRpcHandler:
+    """The methods of a shard of a release before SampleStream, answered by the real shard at
+    ``address``: a server with these knows no SampleStream at all (UNIMPLEMENTED)."""
+    stub = replay_pb2_grpc.ReplayServiceStub(create_channel(address))
+    methods: dict[str, tuple[Callable[..., Any], type[Message]]] = {
+        "SampleTransitions": (stub.SampleTransitions, replay_pb2.SampleTransitionsRequest),
+        "GetInfo": (stub.GetInfo, replay_pb2.GetInfoRequest),
+    }
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        name: grpc.unary_unary_rpc_method_handler(
+            lambda request, _context, call=call: call(request, timeout=10.0),
+            request_deserializer=request_type.FromString,
+            response_serializer=lambda reply: reply.SerializeToString(),
+        )
+        for name, (call, request_type) in methods.items()
+    }
+    return grpc.method_handlers_generic_handler("apexrl.replay.v1.ReplayService", handlers)
+
+
+def test_a_shard_without_sample_stream_is_sampled_with_unary_calls(
+    start_shard: ShardFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    shard = start_shard(capacity=100, priority_exponent=ALPHA)
+    shard.table.insert(transitions(0, 10), np.ones(10), max_wait_s=0)
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((_shard_before_sample_stream(shard.address),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        client = ShardedReplayClient([f"127.0.0.1:{port}"], seed=2, lookahead=1)
+        with caplog.at_level(logging.WARNING, logger="services.common.sharded_replay"):
+            batches = [client.sample(16, importance_exponent=0.5) for _ in range(3)]
+        assert all(batch.keys.shape == (16,) for batch in batches)
+        assert "has no SampleStream; sampling with unary calls" in caplog.text
+        client.close()
+    finally:
+        server.stop(None)
