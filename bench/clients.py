@@ -24,6 +24,7 @@ from bench.workloads import (
     insert_requests,
     random_priorities,
     sample_request,
+    sample_stream_request,
     update_request,
 )
 from services.common.channels import create_channel
@@ -97,7 +98,8 @@ class _Client:
             random_priorities(rng, SAMPLE_BATCH) for _ in range(DISTINCT_REQUESTS)
         ]
         self.last_replies: dict[str, bytes] = {}
-        self._stream = _SampleStream(self._channel, f"{spec.service}/{SAMPLE_STREAM}", self._sample)
+        self._stream_request = sample_stream_request()
+        self._stream = _SampleStream(self._channel, f"{spec.service}/{SAMPLE_STREAM}", self._stream_request)
 
     def _raw_call(self, path: str) -> RawCall:
         # No serializers: bytes go out and come back as they are, for replay and echo alike.
@@ -118,7 +120,7 @@ class _Client:
             return self._insert_batch, len(request)
         if self._kind == "sample_stream":
             self.last_replies[SAMPLE] = self._stream.next_reply()
-            return SAMPLE_BATCH, len(self._sample)
+            return SAMPLE_BATCH, len(self._stream_request)
         reply = self._calls[SAMPLE](self._sample)
         self.last_replies[SAMPLE] = reply
         if self._kind == "sample":

@@ -110,6 +110,12 @@ def sample_request() -> bytes:
     return replay_pb2.SampleTransitionsRequest(batch_size=SAMPLE_BATCH).SerializeToString()
 
 
+def sample_stream_request() -> bytes:
+    """A SampleStream request for the batch of :func:`sample_request`."""
+    sample = replay_pb2.SampleTransitionsRequest(batch_size=SAMPLE_BATCH)
+    return replay_pb2.SampleStreamRequest(sample=sample).SerializeToString()
+
+
 def update_request(sample_reply: bytes, priorities: NDArray[np.float32]) -> bytes:
     """New priorities for every key of a serialized SampleResponse, as a learner sends them."""
     keys = replay_pb2.SampleTransitionsResponse.FromString(sample_reply).keys

@@ -100,7 +100,7 @@ class _SampleStream:
     queues the replies, which come back in the requests' order."""
 
     def __init__(self, stub: replay_pb2_grpc.ReplayServiceStub) -> None:
-        self._requests: queue.SimpleQueue[replay_pb2.SampleTransitionsRequest | None] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[replay_pb2.SampleStreamRequest | None] = queue.SimpleQueue()
         self._replies: queue.SimpleQueue[Reply | grpc.RpcError] = queue.SimpleQueue()
         self._call = stub.SampleStream(iter(self._requests.get, None), timeout=_STREAM_DEADLINE_S)
         self.opened = time.monotonic()
@@ -109,13 +109,13 @@ class _SampleStream:
     def _read(self) -> None:
         try:
             for reply in self._call:
-                self._replies.put(reply)
+                self._replies.put(reply.sample)
         except grpc.RpcError as error:
             self._replies.put(error)
 
     def send(self, request: replay_pb2.SampleTransitionsRequest) -> Callable[[float], Reply]:
         """Sends ``request``; the returned function waits at most its argument (s) for the reply."""
-        self._requests.put(request)
+        self._requests.put(replay_pb2.SampleStreamRequest(sample=request))
         return self._receive
 
     def _receive(self, timeout_s: float) -> Reply:

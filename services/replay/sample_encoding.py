@@ -87,8 +87,11 @@ def _stored_tensor(stored: StoredRows) -> _Pieces:
     return tensor
 
 
-def serialize_sample(items: SampledItems[InPlace] | SampledItems[Column]) -> bytes:
-    """The wire bytes of the SampleTransitionsResponse for ``items``.
+def serialize_sample(
+    items: SampledItems[InPlace] | SampledItems[Column], enclosing_field: int | None = None
+) -> bytes:
+    """The wire bytes of the SampleTransitionsResponse for ``items``; with ``enclosing_field``,
+    of a message holding that response as this field (SampleStreamResponse.sample).
 
     Small replies go through the message API: below ~1 MiB the copies cost less
     than assembling the pieces in Python. Rows given as views of the table's storage
@@ -106,7 +109,10 @@ def serialize_sample(items: SampledItems[InPlace] | SampledItems[Column]) -> byt
             head.batch,
             {name: column for name, column in columns.items() if not isinstance(column, StoredRows)},
         )
-        return head.SerializeToString()
+        small = head.SerializeToString()
+        if enclosing_field is None:
+            return small
+        return _varint((enclosing_field << 3) | _LENGTH_DELIMITED) + _varint(len(small)) + small
     batch = _Pieces()
     encoded = tensor_pb2.TransitionBatch()  # compressed columns are small: the message API serializes them
     for name, column in columns.items():
@@ -126,4 +132,8 @@ def serialize_sample(items: SampledItems[InPlace] | SampledItems[Column]) -> byt
     reply = _Pieces()
     reply.add(head.SerializeToString())
     reply.add_field(_RESPONSE_BATCH, batch)
+    if enclosing_field is not None:
+        enclosing = _Pieces()
+        enclosing.add_field(enclosing_field, reply)
+        reply = enclosing
     return b"".join(reply.chunks)

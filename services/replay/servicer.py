@@ -31,6 +31,8 @@ MAX_WAIT_S = 60.0
 # Room left in a Sample reply for keys, masses and framing, per item and overall.
 _REPLY_OVERHEAD_BYTES = 4096
 _REPLY_PER_ITEM_BYTES = 16
+# SampleStreamResponse.sample: a streamed reply is the unary reply within this field.
+_STREAMED_SAMPLE = replay_pb2.SampleStreamResponse.DESCRIPTOR.fields_by_name["sample"].number
 
 T = TypeVar("T")
 
@@ -129,21 +131,27 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
     def SampleTransitions(  # type: ignore[override]  # the reply's bytes, see add_to_server
         self, request: replay_pb2.SampleTransitionsRequest, context: grpc.ServicerContext
     ) -> bytes:
-        return self._serve("SampleTransitions", context, lambda: self._sample(request, context))
+        return self._serve("SampleTransitions", context, lambda: self._sample(request, context, None))
 
     def SampleStream(  # type: ignore[override]  # the replies' bytes, see add_to_server
         self,
-        requests: Iterator[replay_pb2.SampleTransitionsRequest | _Undecodable],
+        requests: Iterator[replay_pb2.SampleStreamRequest | _Undecodable],
         context: grpc.ServicerContext,
     ) -> Iterator[bytes]:
         """One reply per request, in order; the first failure ends the stream with its status."""
         for request in requests:
-            yield self._serve("SampleStream", context, partial(self._sample, request, context))
+            sample = request if isinstance(request, _Undecodable) else request.sample
+            serve = partial(self._sample, sample, context, _STREAMED_SAMPLE)
+            yield self._serve("SampleStream", context, serve)
 
     def _sample(
-        self, request: replay_pb2.SampleTransitionsRequest | _Undecodable, context: grpc.ServicerContext
+        self,
+        request: replay_pb2.SampleTransitionsRequest | _Undecodable,
+        context: grpc.ServicerContext,
+        enclosing_field: int | None,
     ) -> bytes:
-        """One request's reply bytes, or the domain error that refuses it."""
+        """One request's reply bytes (as ``enclosing_field`` of a message, if given), or the
+        domain error that refuses it."""
         if isinstance(request, _Undecodable):  # only a stream's requests arrive undecoded
             raise InvalidInputError(request.details)
         batch_size = request.batch_size
@@ -158,12 +166,13 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
             )
         # Serialized under the table's lock, straight from the stored rows.
         wait_s = _allowed_wait_s(request.max_wait_s, context)
-        return self._table.sample_into(batch_size, wait_s, self._serialize_within_limit)
+        finish = partial(self._serialize_within_limit, enclosing_field=enclosing_field)
+        return self._table.sample_into(batch_size, wait_s, finish)
 
-    def _serialize_within_limit(self, items: SampledItems[InPlace]) -> bytes:
+    def _serialize_within_limit(self, items: SampledItems[InPlace], enclosing_field: int | None) -> bytes:
         """The reply's bytes; MessageTooLargeError, raised before the table counts the sample, where
         they exceed the message limit after all (the estimate above leaves out per-item framing)."""
-        reply = serialize_sample(items)
+        reply = serialize_sample(items, enclosing_field)
         if len(reply) > self._max_message_bytes:
             raise MessageTooLargeError(
                 f"a sample of {len(items.keys)} items needs a {len(reply)} byte reply, above the "
@@ -290,7 +299,7 @@ def add_to_server(servicer: ReplayServicer, server: grpc.Server) -> None:
         # Its behavior refuses undecodable requests itself: they arrive mid-stream.
         "SampleStream": grpc.stream_stream_rpc_method_handler(
             servicer.SampleStream,
-            request_deserializer=_deserializer(messages.SampleTransitionsRequest),
+            request_deserializer=_deserializer(messages.SampleStreamRequest),
             response_serializer=_already_serialized,
         ),
         "UpdatePriorities": _handler(

@@ -835,11 +835,18 @@ def hostile_samples(draw: st.DrawFn) -> Case:
     return serialized(request) + extra, ("sample",)
 
 
+def _as_streamed(payload: bytes) -> bytes:
+    """``payload`` as the ``sample`` field of a SampleStreamRequest, whatever its bytes."""
+    return _varint(1 << 3 | 2) + _varint(len(payload)) + payload
+
+
 @pytest.mark.parametrize("rpc", ["SampleTransitions", "SampleStream"])
 def test_hostile_samples_answer_a_documented_status_and_change_no_item(
     replay: ReplayUnderTest, rpc: str
 ) -> None:
-    method = replay.method(rpc, replay_pb2.SampleTransitionsRequest, bidi=rpc == "SampleStream")
+    streamed = rpc == "SampleStream"
+    request = replay_pb2.SampleStreamRequest if streamed else replay_pb2.SampleTransitionsRequest
+    method = replay.method(rpc, request, bidi=streamed)
     table = replay.shard.table
     live = set(replay.keys.tolist())
     before = table_state(table)
@@ -850,13 +857,17 @@ def test_hostile_samples_answer_a_documented_status_and_change_no_item(
     def run(case: Case) -> None:
         payload, _labels = case
         counted = table_state(table)
-        reply = method.call(payload)
+        reply = method.call(_as_streamed(payload) if streamed else payload)
         if reply.code != OK:  # a failed sample draws nothing, so counts nothing
             assert table_state(table) == counted, f"a failed sample ({reply.code.name}) changed the table"
             return
         assert without_samples(table_state(table)) == without_samples(before)
         assert reply.body is not None
-        sampled = replay_pb2.SampleTransitionsResponse.FromString(reply.body)
+        sampled = (
+            replay_pb2.SampleStreamResponse.FromString(reply.body).sample
+            if streamed
+            else replay_pb2.SampleTransitionsResponse.FromString(reply.body)
+        )
         size = replay_pb2.SampleTransitionsRequest.FromString(payload).batch_size
         keys = _array(sampled.keys)
         assert len(keys) == size

@@ -411,12 +411,13 @@ def test_a_call_without_a_timeout_gets_the_channel_default_deadline(start_shard:
 
 
 def _stream_sample(
-    shard: ReplayShard, requests: list[Message | bytes]
-) -> tuple[list[bytes], grpc.RpcError | None]:
-    """The replies to ``requests`` (messages, or bytes as they are) sent on one SampleStream, and
-    the error that ended it, if any."""
+    shard: ReplayShard, requests: list[int | bytes]
+) -> tuple[list[replay_pb2.SampleTransitionsResponse], grpc.RpcError | None]:
+    """The samples answering ``requests`` (batch sizes, or bytes as they are) sent on one
+    SampleStream, and the error that ended it, if any."""
     payloads = [
-        request if isinstance(request, bytes) else request.SerializeToString() for request in requests
+        request if isinstance(request, bytes) else _stream_request(request).SerializeToString()
+        for request in requests
     ]
     replies: list[bytes] = []
     with create_channel(shard.address) as channel:
@@ -426,22 +427,27 @@ def _stream_sample(
         try:
             replies.extend(call(iter(payloads), timeout=TIMEOUT_S))
         except grpc.RpcError as error:
-            return replies, error
-    return replies, None
+            return _samples(replies), error
+    return _samples(replies), None
+
+
+def _stream_request(batch_size: int) -> replay_pb2.SampleStreamRequest:
+    return replay_pb2.SampleStreamRequest(sample=replay_pb2.SampleTransitionsRequest(batch_size=batch_size))
+
+
+def _samples(replies: list[bytes]) -> list[replay_pb2.SampleTransitionsResponse]:
+    return [replay_pb2.SampleStreamResponse.FromString(reply).sample for reply in replies]
 
 
 def test_a_sample_stream_answers_each_request_in_order_as_its_unary_call_would(
     shard: ReplayShard, stub: replay_pb2_grpc.ReplayServiceStub
 ) -> None:
     sizes = [1, 5, 64, 3]
-    replies, error = _stream_sample(
-        shard, [replay_pb2.SampleTransitionsRequest(batch_size=size) for size in sizes]
-    )
+    replies, error = _stream_sample(shard, list(sizes))
     assert error is None
-    parsed = [replay_pb2.SampleTransitionsResponse.FromString(reply) for reply in replies]
-    assert [len(tensor_codec.decode(reply.keys)) for reply in parsed] == sizes
+    assert [len(tensor_codec.decode(reply.keys)) for reply in replies] == sizes
     inserted = tensor_codec.decode(stub.InsertTransitions(insert_request(10, 1), timeout=TIMEOUT_S).keys)
-    for reply in parsed:
+    for reply in replies:
         columns = {name: dense(column) for name, column in tensor_codec.decode_columns(reply.batch).items()}
         masses = tensor_codec.decode(reply.priority_masses)
         np.testing.assert_allclose(masses, (columns["action"] + 1.0) ** 0.6)
@@ -454,16 +460,17 @@ def test_a_sample_stream_answers_each_request_in_order_as_its_unary_call_would(
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        (replay_pb2.SampleTransitionsRequest(batch_size=0), "batch_size must be in 1..16384, got 0"),
-        (b"\xff\xff\xff", "the request is not a valid apexrl.replay.v1.SampleTransitionsRequest"),
+        (0, "batch_size must be in 1..16384, got 0"),
+        (b"\xff\xff\xff", "the request is not a valid apexrl.replay.v1.SampleStreamRequest"),
+        # A well-framed SampleStreamRequest whose sample does not parse.
+        (b"\x0a\x03\xff\xff\xff", "the request is not a valid apexrl.replay.v1.SampleStreamRequest"),
     ],
-    ids=["batch size 0", "undecodable bytes"],
+    ids=["batch size 0", "undecodable bytes", "undecodable sample"],
 )
 def test_a_bad_request_ends_a_sample_stream_after_the_replies_before_it(
-    shard: ReplayShard, stub: replay_pb2_grpc.ReplayServiceStub, bad: Message | bytes, message: str
+    shard: ReplayShard, stub: replay_pb2_grpc.ReplayServiceStub, bad: int | bytes, message: str
 ) -> None:
-    good = replay_pb2.SampleTransitionsRequest(batch_size=4)
-    replies, error = _stream_sample(shard, [good, bad, good])
+    replies, error = _stream_sample(shard, [4, bad, 4])
     assert len(replies) == 1
     assert error is not None
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -476,7 +483,7 @@ def test_a_sample_stream_on_a_shard_below_its_minimum_is_failed_precondition(
 ) -> None:
     shard = start_shard(capacity=100, min_size_to_sample=5)
     stub_for(shard).InsertTransitions(insert_request(0, 2), timeout=TIMEOUT_S)
-    replies, error = _stream_sample(shard, [replay_pb2.SampleTransitionsRequest(batch_size=1)])
+    replies, error = _stream_sample(shard, [1])
     assert replies == []
     assert error is not None
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION

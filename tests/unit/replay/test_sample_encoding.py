@@ -54,6 +54,17 @@ def test_the_serialized_reply_parses_to_the_message_built_one(shape: tuple[int, 
             np.testing.assert_array_equal(dense(got), column)
 
 
+@pytest.mark.parametrize(
+    ("shape", "dtype"),
+    [((4,), np.float32), ((84, 84, 4), np.uint8)],  # below and above the splicing threshold
+)
+def test_a_streamed_reply_holds_the_unary_reply_as_its_sample(shape: tuple[int, ...], dtype: type) -> None:
+    sample = items(shape, dtype)
+    field = replay_pb2.SampleStreamResponse.DESCRIPTOR.fields_by_name["sample"].number
+    streamed = replay_pb2.SampleStreamResponse.FromString(serialize_sample(sample, field))
+    assert streamed.sample == replay_pb2.SampleTransitionsResponse.FromString(serialize_sample(sample))
+
+
 def test_a_reply_joined_from_the_stored_rows_holds_each_sampled_item() -> None:
     table = PrioritizedTable(50, 1.0, RateLimiterSettings(), seed=4)
     rng = np.random.default_rng(5)
