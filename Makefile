@@ -9,7 +9,7 @@ GENERATED := apexrl/.generated
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: setup protos test test-fast lint format bench bench-replay bench-learner bench-learner-group bench-actors bench-broadcast bench-atari bench-solve bench-startup bench-compare run images compose-test clean
+.PHONY: setup protos test test-fast lint format bench bench-replay bench-sampling bench-learner bench-learner-group bench-actors bench-broadcast bench-atari bench-solve bench-startup bench-compare run images compose-test clean
 
 setup: $(VENV)/.installed $(GENERATED)
 
@@ -58,10 +58,13 @@ BENCH_RECORD ?= bench/results.jsonl
 # Appends the lines to the record, then rewrites the README's table of figures from it.
 RECORD := $(PY) -m bench.record append --record $(BENCH_RECORD) && $(PY) -m bench.record readme --record $(BENCH_RECORD)
 
-bench: bench-replay bench-learner bench-actors bench-broadcast bench-startup bench-solve
+bench: bench-replay bench-sampling bench-learner bench-actors bench-broadcast bench-startup bench-solve
 
 bench-replay: setup
 	$(PY) bench/replay_throughput.py | $(RECORD)
+
+bench-sampling: setup
+	$(PY) bench/sharded_sampling.py | $(RECORD)
 
 bench-learner: setup
 	$(PY) bench/learner_throughput.py | $(RECORD)
