@@ -48,7 +48,9 @@ class ActorConfig(StrictModel):
         4, ge=1, le=256, description="Environments each actor steps in lockstep (one forward pass for all)."
     )
     insert_batch_size: int = Field(64, ge=1, le=65_536, description="Transitions per insert request.")
-    parameter_refresh_steps: int = Field(200, ge=1, description="Actor steps between parameter pulls.")
+    parameter_refresh_steps: int = Field(
+        200, ge=1, description="Actor steps between parameter pulls (and at least 50 ms)."
+    )
     observation_compression: Literal["auto", "zstd", "none"] = Field(
         "auto",
         description=(
