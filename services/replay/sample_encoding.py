@@ -91,7 +91,17 @@ def serialize_sample(
     items: SampledItems[InPlace] | SampledItems[Column], enclosing_field: int | None = None
 ) -> bytes:
     """The wire bytes of the SampleTransitionsResponse for ``items``; with ``enclosing_field``,
-    of a message holding that response as this field (SampleStreamResponse.sample).
+    of a message holding that response as this field (SampleStreamResponse.sample)."""
+    reply = _reply(items)
+    if enclosing_field is not None:
+        enclosing = _Pieces()
+        enclosing.add_field(enclosing_field, reply)
+        reply = enclosing
+    return b"".join(reply.chunks)  # one chunk comes back as it is, uncopied
+
+
+def _reply(items: SampledItems[InPlace] | SampledItems[Column]) -> _Pieces:
+    """The SampleTransitionsResponse's wire chunks.
 
     Small replies go through the message API: below ~1 MiB the copies cost less
     than assembling the pieces in Python. Rows given as views of the table's storage
@@ -103,16 +113,15 @@ def serialize_sample(
     tensor_codec.encode_into(head.keys, items.keys)
     tensor_codec.encode_into(head.priority_masses, items.priority_masses)
     columns = items.columns
+    reply = _Pieces()
     stored = any(isinstance(column, StoredRows) for column in columns.values())
     if not stored and sum(column.nbytes for column in columns.values()) < _SPLICE_MIN_BYTES:
         tensor_codec.encode_columns_into(
             head.batch,
             {name: column for name, column in columns.items() if not isinstance(column, StoredRows)},
         )
-        small = head.SerializeToString()
-        if enclosing_field is None:
-            return small
-        return _varint((enclosing_field << 3) | _LENGTH_DELIMITED) + _varint(len(small)) + small
+        reply.add(head.SerializeToString())
+        return reply
     batch = _Pieces()
     encoded = tensor_pb2.TransitionBatch()  # compressed columns are small: the message API serializes them
     for name, column in columns.items():
@@ -129,11 +138,6 @@ def serialize_sample(
         batch.add_field(_BATCH_COLUMNS, entry)
     # Map entries are repeated fields: the two parts of the batch concatenate into one.
     batch.add(encoded.SerializeToString())
-    reply = _Pieces()
     reply.add(head.SerializeToString())
     reply.add_field(_RESPONSE_BATCH, batch)
-    if enclosing_field is not None:
-        enclosing = _Pieces()
-        enclosing.add_field(enclosing_field, reply)
-        reply = enclosing
-    return b"".join(reply.chunks)
+    return reply
