@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
@@ -64,6 +65,7 @@ class LocalProcess:
         self.address = ""
         self._terminated = False
         self._serving = threading.Event()
+        self._ended_at: float | None = None  # time.monotonic() when its output ended (it exited)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
@@ -86,6 +88,7 @@ class LocalProcess:
             if not self.address and (match := ADDRESS_LINE.search(line)):
                 self.address = match.group(1)
                 self._serving.set()
+        self._ended_at = time.monotonic()
         self._serving.set()  # the stream ended: the process is gone
 
     def wait_for_address(self, timeout_s: float = 120.0) -> str:
@@ -102,6 +105,15 @@ class LocalProcess:
 
     def exit_code(self) -> int | None:
         return self.process.poll()
+
+    def exited_at(self) -> float | None:
+        """When it exited (``time.monotonic()``: its output ended), or None while it runs."""
+        if self.process.poll() is None:
+            return None
+        self._drain.join(timeout=1.0)  # its stream ends as it exits, unless something else holds it
+        if self._ended_at is None:
+            self._ended_at = time.monotonic()  # held: when it was seen gone
+        return self._ended_at
 
     def kill(self) -> None:
         """SIGKILL, as a crash would end it (tests)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -115,6 +116,11 @@ class Child:
         )
         self.start()
 
+    def exited_at(self) -> float:
+        """When its process exited (``time.monotonic()``); infinity while it runs or before it starts."""
+        at = self.process.exited_at() if self.process is not None else None
+        return math.inf if at is None else at
+
     def reason(self, exit_code: int | None = None) -> list[str]:
         """Why the last process stopped, in its own words from the log (and the signal that killed it)."""
         reason = error_lines(read_log(self.log_path, self._log_start))
@@ -135,3 +141,13 @@ class Child:
     def terminate(self) -> None:
         if self.process is not None:
             self.process.terminate()
+
+
+def check_children(children: Sequence[Child]) -> None:
+    """:meth:`Child.check` for each, the first to have exited first.
+
+    When one part's death brings down another before the launcher looks (a learner group's
+    rank killed, the other failing at its next collective), the run names the cause.
+    """
+    for child in sorted(children, key=Child.exited_at):
+        child.check()

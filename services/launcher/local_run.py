@@ -19,7 +19,7 @@ import yaml
 from apexrl.learner.v1 import learner_pb2, learner_pb2_grpc
 from services.algorithms.experiment import ExperimentConfig
 from services.common.channels import create_channel
-from services.launcher.children import Child
+from services.launcher.children import Child, check_children
 from services.launcher.ports import pick_free_ports
 from services.launcher.prechecks import PrecheckError
 from services.launcher.progress_view import ProgressView, status_row
@@ -210,8 +210,7 @@ class LocalRun:
         status: learner_pb2.GetStatusResponse | None = None
         try:
             while not stop.wait(poll_s):
-                for child in self._children():
-                    child.check()
+                check_children(self._children())
                 try:
                     status = learner.GetStatus(learner_pb2.GetStatusRequest(), timeout=5.0)
                 except grpc.RpcError as error:

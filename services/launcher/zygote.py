@@ -255,6 +255,7 @@ class Zygote:
         self._lock = threading.Lock()
         self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._exited: dict[int, int] = {}
+        self._exited_at: dict[int, float] = {}  # time.monotonic() when the exit was reported
         self._exits = threading.Condition()
         self._alive = True
         self.errors: list[str] = []  # the zygote's own stderr, for a failure's message
@@ -273,6 +274,7 @@ class Zygote:
             if "exited" in message:
                 with self._exits:
                     self._exited[int(message["exited"])] = int(message["code"])
+                    self._exited_at[int(message["exited"])] = time.monotonic()
                     self._exits.notify_all()
             else:
                 self._replies.put(message)
@@ -335,6 +337,11 @@ class Zygote:
         with self._exits:
             return self._exited.get(pid)
 
+    def exited_at(self, pid: int) -> float | None:
+        """When the child's exit was reported (``time.monotonic()``, within 10 ms of it)."""
+        with self._exits:
+            return self._exited_at.get(pid)
+
     def wait_exit(self, pid: int, timeout_s: float) -> int | None:
         """The child's exit code once it exited within ``timeout_s``; None if still running."""
         deadline = time.monotonic() + timeout_s
@@ -370,6 +377,7 @@ class ForkedProcess:
         self._log_path = log_path
         self._offset = offset
         self._terminated = False
+        self._lost_at: float | None = None
 
     def wait_for_address(self, timeout_s: float = 120.0) -> str:
         """The address the child serves on, read from its log; RuntimeError if it exits or stays silent."""
@@ -397,6 +405,15 @@ class ForkedProcess:
         if not self._zygote.alive:
             return self._zygote.wait_exit(self.pid, 0.0)
         return self._zygote.exit_code(self.pid)
+
+    def exited_at(self) -> float | None:
+        """When it exited (``time.monotonic()``), or None while it runs."""
+        if self.exit_code() is None:
+            return None
+        at = self._zygote.exited_at(self.pid)
+        if at is None:  # gone with the zygote, unreported: seen now
+            at = self._lost_at = self._lost_at or time.monotonic()
+        return at
 
     def _signal(self, number: signal.Signals) -> None:
         if self.exit_code() is None:

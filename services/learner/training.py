@@ -94,8 +94,14 @@ class Trainer:
 
     @property
     def finished(self) -> bool:
+        """Whether the run is done: a budget spent, or the group agreed to stop.
+
+        A group that failed is not a finished run: status keeps saying not finished while the
+        learner stops with its error, so the launcher reports the rank that died, not a
+        clean end.
+        """
         group_stopped = self._group is not None and self._group.stopped
-        return self._progress.stop_reason is not None or group_stopped or self.failure is not None
+        return self._progress.stop_reason is not None or group_stopped
 
     def _run(self) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import time
@@ -11,8 +12,9 @@ import pytest
 
 from services.common.health_probe import is_serving
 from services.common.local_process import LocalProcess
-from services.launcher.children import Child, RunFailedError
+from services.launcher.children import Child, RunFailedError, check_children
 from services.launcher.ports import pick_free_ports
+from services.launcher.zygote import Zygote
 
 REPLAY = "apexrl.replay.v1.ReplayService"
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,3 +153,41 @@ def test_a_run_whose_learner_fails_after_the_prechecks_prints_the_learner_s_own_
     assert headline in lines, result.stdout[-3000:]
     assert lines[lines.index(headline) + 1] == f"  IsADirectoryError: [Errno 21] Is a directory: '{metrics}'"
     assert "Traceback (most recent call last):" in log.read_text(encoding="utf-8")
+
+
+def exits_in_order(children: list[Child]) -> list[Child]:
+    """Kills ``children``'s processes one after the other; the order the launcher checks them in."""
+    for child in children:
+        assert child.process is not None
+        child.process.kill()
+        deadline = time.monotonic() + 30
+        while child.process.exit_code() is None:
+            assert time.monotonic() < deadline, f"{child.name} outlived SIGKILL"
+            time.sleep(0.01)
+        time.sleep(0.05)  # apart by more than the zygote's 10 ms reporting
+    return sorted(reversed(children), key=Child.exited_at)
+
+
+@pytest.mark.parametrize("forked", [False, True], ids=["spawned", "forked"])
+def test_the_child_that_exited_first_is_checked_first(forked: bool, tmp_path: Path) -> None:
+    # A learner group's rank killed brings the other down before the launcher looks: the run
+    # must name the one that died first, not the first in its list.
+    zygote = Zygote() if forked else None
+    children = [
+        Child(f"replay-{k}", shard_args, tmp_path / f"replay-{k}.log", True, 0, zygote=zygote)
+        for k in range(3)
+    ]
+    try:
+        for child in children:
+            child.start()
+        assert [child.exited_at() for child in children] == [math.inf] * 3  # running
+        first, second, third = children[1], children[2], children[0]
+        assert exits_in_order([first, second, third]) == [first, second, third]
+        assert first.exited_at() < second.exited_at() < third.exited_at() < math.inf
+        with pytest.raises(RunFailedError, match=r"^replay-1 exited with code -9"):
+            check_children(children)
+    finally:
+        for child in children:
+            child.stop()
+        if zygote is not None:
+            zygote.close()
