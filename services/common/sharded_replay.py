@@ -104,7 +104,8 @@ class _SampleStream:
         self._replies: queue.SimpleQueue[Reply | grpc.RpcError] = queue.SimpleQueue()
         self._call = stub.SampleStream(iter(self._requests.get, None), timeout=_STREAM_DEADLINE_S)
         self.opened = time.monotonic()
-        threading.Thread(target=self._read, name="sample-stream", daemon=True).start()
+        self._reader = threading.Thread(target=self._read, name="sample-stream", daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         try:
@@ -135,6 +136,10 @@ class _SampleStream:
     def cancel(self) -> None:
         self.finish()
         self._call.cancel()
+
+    def join(self, timeout_s: float) -> None:
+        """Waits for the reader, which ends once the call has ended (a cancelled one at once)."""
+        self._reader.join(timeout_s)
 
 
 def _future_result(future: Any, _timeout_s: float) -> Reply:
@@ -354,7 +359,10 @@ class ShardedReplayClient:
         return sum(shard.size for shard in up), sum(shard.capacity for shard in up)
 
     def close(self) -> None:
+        streams = list(self._streams.values())
         self._abandon_draws()
+        for stream in streams:
+            stream.join(timeout_s=5.0)
         for shard in self._shards:
             shard.channel.close()
 

@@ -86,6 +86,13 @@ _MAX_DIMENSIONS = 64
 
 def _check_shape(name: str, what: str, shape: tuple[int, ...], itemsize: int) -> None:
     """InvalidInputError naming ``name`` unless numpy can make an array of ``shape``."""
+    # The usual case in one pass: no dimension zero or negative, and not too large.
+    if (
+        len(shape) <= _MAX_DIMENSIONS
+        and min(shape, default=1) > 0
+        and math.prod(shape) * itemsize <= sys.maxsize
+    ):
+        return
     if any(dimension < 0 for dimension in shape):
         raise InvalidInputError(f"{name}: negative dimension in {what} {list(shape)}")
     if len(shape) > _MAX_DIMENSIONS:

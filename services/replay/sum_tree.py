@@ -85,13 +85,15 @@ class SumTree:
         if start < 0 or start + masses.size > self._capacity:
             raise IndexError(f"slots {start}..{start + masses.size - 1} outside 0..{self._capacity - 1}")
         self._prefix = None
+        nodes = self._nodes
         low = start + self._leaf_base
         high = low + masses.size - 1
-        self._nodes[low : high + 1] = masses
+        nodes[low : high + 1] = masses
+        # Each level's sums are written in place: one ufunc call, no temporary.
         for _ in range(self._depth):
-            low, high = low // 2, high // 2
-            children = self._nodes[2 * low : 2 * high + 2]
-            self._nodes[low : high + 1] = children[0::2] + children[1::2]
+            low, high = low >> 1, high >> 1
+            left, right = nodes[2 * low : 2 * high + 2 : 2], nodes[2 * low + 1 : 2 * high + 2 : 2]
+            np.add(left, right, out=nodes[low : high + 1])
 
     def sample(self, uniforms: NDArray[np.float64]) -> NDArray[np.int64]:
         """Slots for draws ``uniforms`` in [0, 1), each with probability mass / total.

@@ -133,6 +133,8 @@ def check_priorities(priorities: NDArray[np.generic], count: int) -> NDArray[np.
     if priorities.dtype.kind != "f":
         raise InvalidInputError(f"priorities must be float32 or float64, got {priorities.dtype.name}")
     values = priorities.astype(np.float64, copy=False)
+    if count and values.min() >= 0 and values.max() < np.inf:  # two reductions; a NaN fails both
+        return values
     bad = ~np.isfinite(values) | (values < 0)
     if bad.any():
         index = int(np.flatnonzero(bad)[0])
@@ -246,7 +248,8 @@ class PrioritizedTable:
         start = first_sequence % self._capacity
         head = min(len(masses), self._capacity - start)
         self._tree.set_range(start, masses[:head])
-        self._tree.set_range(0, masses[head:])
+        if head < len(masses):
+            self._tree.set_range(0, masses[head:])
         self._next_sequence = first_sequence + len(masses)
         self._item_bytes = self._store.item_bytes()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -363,6 +364,19 @@ def test_with_lookahead_a_batch_is_drawn_when_asked_for_one_call_ahead(
     drawn = [set(dense(batch.columns["action"]).tolist()) for batch in (first, second, third)]
     assert drawn == ([{0}, {0}, {1}] if lookahead else [{0}, {1}, {1}])
     client.close()
+
+
+def test_close_ends_the_sample_streams_and_their_readers(start_shard: ShardFactory) -> None:
+    shards = [start_shard(capacity=100, priority_exponent=ALPHA) for _ in range(2)]
+    for shard in shards:
+        shard.table.insert(transitions(0, 4), np.ones(4), max_wait_s=0)
+    before = {thread for thread in threading.enumerate() if thread.name == "sample-stream"}
+    client = ShardedReplayClient([shard.address for shard in shards], seed=1, lookahead=2)
+    client.sample(64, importance_exponent=0.5)
+    readers = {thread for thread in threading.enumerate() if thread.name == "sample-stream"} - before
+    assert len(readers) == 2  # one per shard
+    client.close()
+    assert not any(reader.is_alive() for reader in readers)
 
 
 def _shard_before_sample_stream(address: str) -> grpc.GenericRpcHandler:

@@ -69,6 +69,20 @@ def test_negative_dimensions_are_rejected() -> None:
         tensor_codec.decode(tensor)
 
 
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ([1] * 65, "has 65 dimensions, more than the 64 allowed"),
+        ([2**32, 2**32], r"shape \[4294967296, 4294967296\] is too large for an array"),
+        ([0, 2**62, 2**62], "is too large for an array"),  # a zero dimension hides no other
+    ],
+)
+def test_shapes_numpy_cannot_make_are_rejected(shape: list[int], message: str) -> None:
+    tensor = tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_UINT8, shape=shape, data=b"")
+    with pytest.raises(ValueError, match=message):
+        tensor_codec.decode(tensor)
+
+
 def test_bool_tensors_hold_only_zero_and_one() -> None:
     tensor = tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_BOOL, shape=[2], data=b"\x01\x02")
     with pytest.raises(ValueError, match="bool tensor holds bytes other than 0 and 1"):

@@ -8,7 +8,7 @@ from numpy.typing import NDArray
 
 from services.common.encoded import InvalidInputError, dense
 from services.replay.rate_limiter import NotEnoughDataError, RateLimiterSettings
-from services.replay.table import PrioritizedTable
+from services.replay.table import PrioritizedTable, check_priorities
 
 
 def batch(first: int, count: int) -> dict[str, NDArray[np.generic]]:
@@ -180,3 +180,23 @@ def test_restoring_with_another_alpha_reweights_the_priorities() -> None:
     table.insert(batch(0, 2), np.array([4.0, 9.0]), max_wait_s=0)
     restored = PrioritizedTable(10, 0.5, RateLimiterSettings(), state=table.export_state())
     assert restored.info().total_priority_mass == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize(
+    ("priorities", "message"),
+    [
+        ([1.0, -0.5, 2.0], r"priority\[1\] = -0.5 \(1 bad of 3\)"),
+        ([np.nan, 1.0, np.nan], r"priority\[0\] = nan \(2 bad of 3\)"),
+        ([1.0, 1.0, -np.inf], r"priority\[2\] = -inf"),
+        ([np.inf, 0.0, 1.0], r"priority\[0\] = inf"),
+    ],
+)
+def test_priorities_must_be_finite_and_non_negative(priorities: list[float], message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        check_priorities(np.array(priorities, dtype=np.float32), 3)
+
+
+def test_zero_and_negative_zero_priorities_are_accepted() -> None:
+    values = check_priorities(np.array([0.0, -0.0, 3.0], dtype=np.float32), 3)
+    assert values.dtype == np.float64
+    assert values.tolist() == [0.0, 0.0, 3.0]
