@@ -13,20 +13,24 @@ A second workload, ``cartpole-16-environments``, runs the same with 16 environme
 actor (``--fast-actors`` counts): one policy call then serves 16 steps, so the bare loop
 runs 2-3 times as fast, and what an actor adds per step weighs that much more.
 
-This VM's speed drifts by 10-20% over minutes, so every measure is repeated: each
-round runs the bare loop and then each actor count once, a count's figure is the
-median of its rounds, and the reference is the median of every bare-loop run.
+This VM's speed drifts, by 10-20% over minutes and up to twice within one, so the two
+sides are measured in alternating windows of about 2.5 s: the actors step while the bare
+loop waits, then they are stopped (SIGSTOP) while it steps. Both then see the same moments
+of the machine, and neither takes the other's cores. Every measure is repeated in rounds
+(each actor count once a round); a count's figure and reference are the steps over the
+seconds of all its rounds, each round's own under ``runs`` and ``reference_runs``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import sys
+import os
+import signal
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,47 +46,58 @@ from services.common.environments import environment_spec
 from services.common.local_process import LocalProcess
 
 _WARM_UP_S = 5.0
+# Each round alternates windows of about this long: the actors step, then the bare loop.
+_WINDOW_S = 2.5
+# After the actors are let go again, before their next window: they report what they stepped
+# before the stop, and their calls in flight complete.
+_SETTLE_S = 0.5
 # Each of the two shards' capacity: more than any actor count fills in a measure (8 CartPole
 # actors step about 20k times a second here; storage is only touched as it fills).
 _SHARD_CAPACITY = 1_000_000
 FAST_ENVIRONMENTS = 16
 
 
-def bare_steps_per_s(seconds: float, preset: str = "cartpole", overrides: Sequence[str] = ()) -> float:
+class BareLoop:
     """One process stepping the preset's environments with its policy, nothing else."""
-    torch.set_num_threads(1)
-    config = load_experiment(preset, list(overrides))
-    spec = experiment_spec(config)
-    policy, first = build_policy(spec)
-    # The parameters the actors get from the learner, which does not train here: its
-    # initial networks. Others would act differently, and episode lengths (so reset
-    # costs) with them.
-    family = family_named(config.algorithm.name)
-    initial = family.make_learner(
-        config.algorithm, environment_spec(first), torch.device("cpu"), config.general.seed
-    )
-    policy.load_parameters(initial.actor_parameters())
-    count = config.algorithm.actor.environments_per_actor
-    environments = [first] + [make_spec_environment(spec) for _ in range(count - 1)]
-    atari = config.environment.atari
-    rollout = Rollout(
-        environments,
-        NStepBuilder(count, config.algorithm.n_step, config.algorithm.discount),
-        0,
-        clip_rewards=atari is not None and atari.clip_rewards,
-        terminal_on_life_loss=atari is not None and atari.terminal_on_life_loss,
-    )
-    rng = np.random.default_rng(0)
 
-    exploration = family.exploration(config.algorithm, 0)
+    def __init__(self, preset: str = "cartpole", overrides: Sequence[str] = ()) -> None:
+        torch.set_num_threads(1)
+        config = load_experiment(preset, list(overrides))
+        spec = experiment_spec(config)
+        policy, first = build_policy(spec)
+        # The parameters the actors get from the learner, which does not train here: its
+        # initial networks. Others would act differently, and episode lengths (so reset
+        # costs) with them.
+        family = family_named(config.algorithm.name)
+        initial = family.make_learner(
+            config.algorithm, environment_spec(first), torch.device("cpu"), config.general.seed
+        )
+        policy.load_parameters(initial.actor_parameters())
+        self._count = config.algorithm.actor.environments_per_actor
+        environments = [first] + [make_spec_environment(spec) for _ in range(self._count - 1)]
+        atari = config.environment.atari
+        self._rollout = Rollout(
+            environments,
+            NStepBuilder(self._count, config.algorithm.n_step, config.algorithm.discount),
+            0,
+            clip_rewards=atari is not None and atari.clip_rewards,
+            terminal_on_life_loss=atari is not None and atari.terminal_on_life_loss,
+        )
+        rng = np.random.default_rng(0)
+        exploration = family.exploration(config.algorithm, 0)
+        self._act = lambda observations: policy.act(observations, exploration, rng)
 
-    def act(observations: np.ndarray) -> np.ndarray:
-        return policy.act(observations, exploration, rng)
+    def run(self, seconds: float) -> tuple[int, float]:
+        """Steps for ``seconds``; the steps taken and the time they took."""
+        steps, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            self._rollout.step(self._act)
+            steps += self._count
+        return steps, elapsed
 
-    steps, started = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < seconds:
-        rollout.step(act)
-        steps += count
+
+def bare_steps_per_s(seconds: float, preset: str = "cartpole", overrides: Sequence[str] = ()) -> float:
+    steps, elapsed = BareLoop(preset, overrides).run(seconds)
     return steps / elapsed
 
 
@@ -97,15 +112,48 @@ def _wait_until_stepping(client: LearnerClient, actors: int, timeout_s: float = 
     raise TimeoutError(f"{actors} actors did not all report steps within {timeout_s} s")
 
 
-def distributed_steps_per_s(
-    actors: int, seconds: float, logs: Path, preset: str = "cartpole", overrides: Sequence[str] = ()
-) -> float:
-    """Aggregate steps/s of ``actors`` actor processes, read from the learner's status."""
+@dataclass
+class Tally:
+    """Steps and seconds summed over the windows of one side of a paired measure."""
+
+    steps: int = 0
+    seconds: float = 0.0
+
+    def add(self, steps: int, seconds: float) -> None:
+        self.steps += steps
+        self.seconds += seconds
+
+    @property
+    def rate(self) -> float:
+        return self.steps / self.seconds
+
+
+def _signal_all(processes: Sequence[LocalProcess], number: signal.Signals) -> None:
+    for process in processes:
+        os.kill(process.pid, number)
+
+
+def paired_steps_per_s(
+    actors: int,
+    seconds: float,
+    logs: Path,
+    bare: BareLoop,
+    preset: str = "cartpole",
+    overrides: Sequence[str] = (),
+) -> tuple[Tally, Tally]:
+    """Aggregate steps of ``actors`` actor processes and of ``bare``, in alternating windows.
+
+    The actors step while the bare loop waits, then they are stopped (SIGSTOP) while it
+    steps, ``seconds`` each in all: both sides see the same moments of a machine whose speed
+    drifts, and neither competes with the other for the cores. The actors' steps are read
+    from the learner's status, which they report every few hundred steps.
+    """
     shards = [
         LocalProcess(["replay", "--port", "0", "--capacity", str(_SHARD_CAPACITY)], logs / f"replay-{k}.log")
         for k in range(2)
     ]
     processes = list(shards)
+    stepping: list[LocalProcess] = []
     try:
         replay = ",".join(shard.wait_for_address() for shard in shards)
         learner = LocalProcess(
@@ -129,19 +177,28 @@ def distributed_steps_per_s(
         )
         processes.append(learner)
         address = learner.wait_for_address()
-        processes += [
+        stepping = [
             LocalProcess(["actor", "--learner", address], logs / f"actor-{actors}-{i}.log")
             for i in range(actors)
         ]
+        processes += stepping
         client = LearnerClient(address)
         _wait_until_stepping(client, actors)
         time.sleep(_WARM_UP_S)
-        first_steps, started = client.status().environment_steps, time.perf_counter()
-        time.sleep(seconds)
-        steps = client.status().environment_steps - first_steps
+        distributed, alone = Tally(), Tally()
+        windows = max(1, round(seconds / _WINDOW_S))
+        for _ in range(windows):
+            first_steps, started = client.status().environment_steps, time.perf_counter()
+            time.sleep(seconds / windows)
+            distributed.add(client.status().environment_steps - first_steps, time.perf_counter() - started)
+            _signal_all(stepping, signal.SIGSTOP)
+            alone.add(*bare.run(seconds / windows))
+            _signal_all(stepping, signal.SIGCONT)
+            time.sleep(_SETTLE_S)  # the steps taken before the stop are reported meanwhile
         client.close()
-        return steps / (time.perf_counter() - started)
+        return distributed, alone
     finally:
+        _signal_all(stepping, signal.SIGCONT)  # a stopped process would not drain on SIGTERM
         for process in reversed(processes):
             process.stop()
 
@@ -156,35 +213,38 @@ def measure_actors(
     overrides: Sequence[str] = (),
     workload: str | None = None,
 ) -> None:
-    """Rounds of the bare loop and each actor count, then one JSON line per count (medians).
+    """Rounds of each actor count paired with the bare loop, then one JSON line per count.
 
-    ``overrides`` (``section.key=value``) apply to the bare loop and the actors alike.
+    A count's figure and its reference are the steps over the seconds of all its rounds;
+    ``runs`` and ``reference_runs`` are each round's own. ``overrides`` (``section.key=value``)
+    apply to the bare loop and the actors alike.
     """
     logs = Path(tempfile.mkdtemp(prefix=f"bench-actors-{preset}-"))
-    references: list[float] = []
-    runs: dict[int, list[float]] = {actors: [] for actors in counts}
+    bare = BareLoop(preset, overrides)
+    rounds: dict[int, list[tuple[Tally, Tally]]] = {actors: [] for actors in counts}
     for _ in range(repeats):
         for actors in counts:
-            references.append(bare_steps_per_s(seconds, preset, overrides))
-            runs[actors].append(distributed_steps_per_s(actors, seconds, logs, preset, overrides))
-    reference = statistics.median(references)
-    print(f"bare loop runs: {[round(r) for r in references]} steps/s", file=sys.stderr)
+            rounds[actors].append(paired_steps_per_s(actors, seconds, logs, bare, preset, overrides))
     for actors in counts:
-        value = statistics.median(runs[actors])
+        distributed, alone = Tally(), Tally()
+        for pair_distributed, pair_alone in rounds[actors]:
+            distributed.add(pair_distributed.steps, pair_distributed.seconds)
+            alone.add(pair_alone.steps, pair_alone.seconds)
         print(
             json.dumps(
                 {
                     "bench": bench,
                     "workload": workload or preset,
                     "measure": f"environment_steps_per_s_{actors}_actors",
-                    "value": value,
+                    "value": distributed.rate,
                     "unit": "steps/s",
                     **(extra or {}),
                     "reference": "bare_single_process_loop",
-                    "reference_value": reference,
-                    "ratio": value / reference,
+                    "reference_value": alone.rate,
+                    "ratio": distributed.rate / alone.rate,
                     "better": "higher",
-                    "runs": [round(run, 1) for run in runs[actors]],
+                    "runs": [round(pair[0].rate, 1) for pair in rounds[actors]],
+                    "reference_runs": [round(pair[1].rate, 1) for pair in rounds[actors]],
                 }
             ),
             flush=True,
