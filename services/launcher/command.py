@@ -76,7 +76,7 @@ def start_zygote() -> Zygote | None:
 
 def precheck(experiment: ExperimentConfig, zygote: Zygote | None) -> str | None:
     """Why the learner could not start on ``experiment`` (``prechecks``), checked in the zygote."""
-    from services.launcher.prechecks import PrecheckError, check_experiment
+    from services.launcher.prechecks import problem_with
     from services.launcher.zygote import ZygoteError
 
     if zygote is not None:
@@ -84,11 +84,7 @@ def precheck(experiment: ExperimentConfig, zygote: Zygote | None) -> str | None:
             return zygote.precheck(experiment.model_dump(mode="json"))
         except ZygoteError as error:
             logger.warning("zygote unavailable, checking here error=%s", error)
-    try:
-        check_experiment(experiment)
-    except PrecheckError as error:
-        return str(error)
-    return None
+    return problem_with(experiment)
 
 
 class RunFolderError(ValueError):

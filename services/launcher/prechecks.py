@@ -24,6 +24,15 @@ class PrecheckError(ValueError):
     """The experiment cannot run here; the message names the problem."""
 
 
+def problem_with(config: ExperimentConfig) -> str | None:
+    """What :func:`check_experiment` would raise, as its message; None when the experiment can run."""
+    try:
+        check_experiment(config)
+    except PrecheckError as error:
+        return str(error)
+    return None
+
+
 def check_experiment(config: ExperimentConfig) -> None:
     """PrecheckError naming the first problem that would stop the run's learner at start."""
     import torch  # noqa: PLC0415

@@ -95,7 +95,7 @@ def _precheck(config: Mapping[str, Any]) -> str | None:
             os.close(_replies.fileno())
         problem = "the check itself failed"
         try:
-            problem = _check(experiment) or ""
+            problem = _check(experiment)
         finally:
             os.write(writable, problem.encode())
             os._exit(0)
@@ -109,14 +109,10 @@ def _precheck(config: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _check(experiment: Any) -> str | None:
-    from services.launcher.prechecks import PrecheckError, check_experiment  # noqa: PLC0415
+def _check(experiment: Any) -> str:
+    from services.launcher.prechecks import problem_with  # noqa: PLC0415
 
-    try:
-        check_experiment(experiment)
-    except PrecheckError as error:
-        return str(error)
-    return None
+    return problem_with(experiment) or ""
 
 
 def _import_environment(environment_id: str) -> None:
