@@ -69,9 +69,19 @@ def start_zygote() -> Zygote | None:
     """The run's preloaded parent (``zygote.py``), where processes can be forked (Linux)."""
     if not sys.platform.startswith("linux"):
         return None
-    from services.launcher.zygote import Zygote
+    from services.launcher.zygote import Zygote, take_early
 
-    return Zygote()
+    return take_early() or Zygote()
+
+
+def _close_early_zygote() -> None:
+    """Ends the zygote started for a run that is refused before it starts (it would otherwise
+    finish importing torch, for nothing, before its launcher's exit reached it)."""
+    from services.launcher.zygote import take_early
+
+    zygote = take_early()
+    if zygote is not None:
+        zygote.close(timeout_s=0.0)
 
 
 def precheck(experiment: ExperimentConfig, zygote: Zygote | None) -> str | None:
@@ -194,8 +204,10 @@ def run_command(
         if record_actors:
             require_minari()
     except (ConfigError, DatasetError, FileNotFoundError, RunFolderError) as error:
+        _close_early_zygote()
         _refuse(console, error)
-    # It imports torch while the run folder and the shards are made ready.
+    # It imports torch while the run folder and the shards are made ready (started already
+    # when the launcher runs as `apexrl run`, see services/__main__.py).
     zygote = start_zygote()
     new_folder = not folder.exists()
     _log_to_file(folder / "logs" / "launcher.log", log_level)

@@ -229,6 +229,22 @@ def serve() -> None:
 
 # The launcher's side ----------------------------------------------------------------
 
+_early: Zygote | None = None
+
+
+def start_early() -> None:
+    """Starts this process's zygote now (Linux), for :func:`take_early` to hand to the launcher."""
+    global _early  # noqa: PLW0603 - one zygote per process, started before the launcher exists
+    if _early is None and sys.platform.startswith("linux"):
+        _early = Zygote()
+
+
+def take_early() -> Zygote | None:
+    """The zygote :func:`start_early` started, if any; the caller owns it from then on."""
+    global _early
+    zygote, _early = _early, None
+    return zygote
+
 
 class ZygoteError(RuntimeError):
     """The zygote is gone or did not answer; the launcher starts processes the usual way instead."""

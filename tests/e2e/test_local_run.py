@@ -75,8 +75,21 @@ def test_the_pendulum_preset_trains_td3_to_an_evaluation_return_of_minus_200(tmp
     assert "name: td3" in (run_dir / "config.yaml").read_text(encoding="utf-8")
 
 
+def started_by(launcher: int) -> list[int]:
+    """Processes still running that were started as children of ``launcher`` (their environment says so)."""
+    marker = f"APEXRL_LOCAL_CHILD={launcher}:".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
 def test_an_invalid_config_value_exits_2_naming_the_field() -> None:
-    result = subprocess.run(
+    process = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -88,14 +101,16 @@ def test_an_invalid_config_value_exits_2_naming_the_field() -> None:
             "general.devise=cpu",
         ],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=120,
-        check=False,
     )
-    assert result.returncode == 2
-    assert "algorithm.batch_size: Input should be greater than or equal to 1, got 0" in result.stdout
-    assert "general.devise: unknown key" in result.stdout
+    stdout, _ = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert "algorithm.batch_size: Input should be greater than or equal to 1, got 0" in stdout
+    assert "general.devise: unknown key" in stdout
+    # `apexrl run` starts its zygote before reading the config; a refused run leaves none behind.
+    assert started_by(process.pid) == []
 
 
 def test_a_part_that_keeps_dying_ends_the_run_with_exit_code_1_naming_it_and_its_log(
