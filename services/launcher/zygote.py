@@ -95,7 +95,9 @@ def _precheck(config: Mapping[str, Any]) -> str | None:
             os.close(_replies.fileno())
         problem = "the check itself failed"
         try:
-            problem = _check(experiment)
+            from services.launcher.prechecks import problem_with  # noqa: PLC0415
+
+            problem = problem_with(experiment) or ""
         finally:
             os.write(writable, problem.encode())
             os._exit(0)
@@ -107,12 +109,6 @@ def _precheck(config: Mapping[str, Any]) -> str | None:
         return problem
     _import_environment(experiment.environment.id)
     return None
-
-
-def _check(experiment: Any) -> str:
-    from services.launcher.prechecks import problem_with  # noqa: PLC0415
-
-    return problem_with(experiment) or ""
 
 
 def _import_environment(environment_id: str) -> None:

@@ -133,12 +133,10 @@ class ColumnStore:
             raise InvalidInputError(f"batch has column(s) {extra} not in the table signature")
         for name, stored in self._signature.items():
             column = columns[name]
-            if _matches(column, stored):  # every insert: compared without building its spec
-                continue
-            got = spec_of(column)
-            if got != stored:
+            if not _matches(column, stored):  # every insert: compared without building its spec
+                got = spec_of(column).describe()
                 raise InvalidInputError(
-                    f"column {name!r} is {got.describe()} but the table signature has {stored.describe()}"
+                    f"column {name!r} is {got} but the table signature has {stored.describe()}"
                 )
 
     def allocate(self, columns: Columns) -> None:
