@@ -60,6 +60,8 @@ _ALIGN = 64
 # Parts of a slot besides the replay's columns (prefixed so no column name can clash).
 _KEYS, _SHARDS, _WEIGHTS, _PRIORITIES = "#keys", "#shards", "#weights", "#priorities"
 _MAX_RESTARTS = 3
+# Put in the free slots' queue when the learner has gone: no slot, stop waiting.
+_NO_SLOT = -1
 
 
 def _shared_file(name: str) -> int:
@@ -438,9 +440,11 @@ class _Worker:
     def _free_slot(self) -> int | None:
         while not self._stop.is_set():
             try:
-                return self._free.get(timeout=0.2)
+                slot = self._free.get(timeout=0.2)
             except queue.Empty:
                 self._publish_stats()
+                continue
+            return None if slot == _NO_SLOT else slot
         return None
 
     def _read_releases(self) -> None:
@@ -454,7 +458,10 @@ class _Worker:
             views = self._views[slot]
             self._sender.send(views[_SHARDS].copy(), views[_KEYS].copy(), views[_PRIORITIES].copy())
             self._free.put(slot)
+        # The learner is stopping: the main loop stops now, not at the end of its current wait.
         self._stop.set()
+        self._free.put(_NO_SLOT)
+        self._prefetcher.wake()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

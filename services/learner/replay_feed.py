@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -52,7 +53,8 @@ class BatchPrefetcher:
         self._batches_per_request = batches_per_request
         self._importance_exponent = importance_exponent
         self._min_replay_size = min_replay_size
-        self._batches: queue.Queue[SamplePiece] = queue.Queue(maxsize=max(depth, batches_per_request))
+        # None: no batch, a get() woken by wake().
+        self._batches: queue.Queue[SamplePiece | None] = queue.Queue(maxsize=max(depth, batches_per_request))
         self._stop = threading.Event()
         self.replay_size = 0
         self.replay_capacity = 0
@@ -102,14 +104,25 @@ class BatchPrefetcher:
                 continue
 
     def get(self, timeout_s: float) -> SamplePiece | None:
-        """The next batch: rows of a sample, written out (decoded) by whoever takes it."""
+        """The next batch: rows of a sample, written out (decoded) by whoever takes it; None if
+        none came within ``timeout_s`` or :meth:`wake` was called."""
         try:
             return self._batches.get(timeout=timeout_s)
         except queue.Empty:
             return None
 
+    def wake(self) -> None:
+        """Makes a :meth:`get` that waits now return None at once (its caller is stopping)."""
+        with contextlib.suppress(queue.Full):  # full: a get returns a batch at once anyway
+            self._batches.put_nowait(None)
+
     def stop(self) -> None:
+        """Ends the thread without waiting out its polls: the batches held are dropped, so a put
+        waiting for room returns at once and the thread sees the stop."""
         self._stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._batches.get_nowait()
         self._thread.join(timeout=10)
         self._client.close()
 
