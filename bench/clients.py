@@ -17,11 +17,12 @@ from numpy.typing import NDArray
 
 from apexrl.replay.v1 import replay_pb2
 from bench import echo_service
-from bench.echo_service import INSERT, SAMPLE, SAMPLE_STREAM, UPDATE
+from bench.echo_service import INSERT, INSERT_STREAM, SAMPLE, SAMPLE_STREAM, UPDATE
 from bench.workloads import (
     SAMPLE_BATCH,
     WORKLOADS,
     insert_requests,
+    insert_stream_requests,
     random_priorities,
     sample_request,
     sample_stream_request,
@@ -42,7 +43,7 @@ WARM_UP_CALLS = 3
 # W2 when measured, and any more only makes batches older.
 SAMPLE_STREAM_IN_FLIGHT = 4
 
-PhaseKind = Literal["insert", "sample", "sample_stream", "sample_update"]
+PhaseKind = Literal["insert", "insert_stream", "sample", "sample_stream", "sample_update"]
 RawCall = Callable[[bytes], bytes]
 
 
@@ -90,16 +91,21 @@ class _Client:
             method: self._raw_call(f"{spec.service}/{method}") for method in echo_service.REPLY_METHODS
         }
         rng = np.random.default_rng(1000 + index)
-        self._inserts = (
-            insert_requests(workload, DISTINCT_REQUESTS, 2000 + index) if spec.kind == "insert" else []
-        )
+        inserting = spec.kind in ("insert", "insert_stream")
+        self._inserts = insert_requests(workload, DISTINCT_REQUESTS, 2000 + index) if inserting else []
         self._sample = sample_request()
         self._priorities: list[NDArray[np.float32]] = [
             random_priorities(rng, SAMPLE_BATCH) for _ in range(DISTINCT_REQUESTS)
         ]
         self.last_replies: dict[str, bytes] = {}
         self._stream_request = sample_stream_request()
-        self._stream = _SampleStream(self._channel, f"{spec.service}/{SAMPLE_STREAM}", self._stream_request)
+        self._stream = _Stream(
+            self._channel, f"{spec.service}/{SAMPLE_STREAM}", [self._stream_request], SAMPLE_STREAM_IN_FLIGHT
+        )
+        # As an actor inserts over its stream: the next batch goes once the last one is answered.
+        self._insert_stream = _Stream(
+            self._channel, f"{spec.service}/{INSERT_STREAM}", insert_stream_requests(self._inserts), 1
+        )
 
     def _raw_call(self, path: str) -> RawCall:
         # No serializers: bytes go out and come back as they are, for replay and echo alike.
@@ -118,6 +124,9 @@ class _Client:
             request = self._inserts[turn]
             self.last_replies[INSERT] = self._calls[INSERT](request)
             return self._insert_batch, len(request)
+        if self._kind == "insert_stream":
+            self.last_replies[INSERT] = self._insert_stream.next_reply()
+            return self._insert_batch, len(self._inserts[turn])
         if self._kind == "sample_stream":
             self.last_replies[SAMPLE] = self._stream.next_reply()
             return SAMPLE_BATCH, len(self._stream_request)
@@ -131,26 +140,29 @@ class _Client:
 
     def close(self) -> None:
         self._stream.close()
+        self._insert_stream.close()
         self._channel.close()
 
 
-class _SampleStream:
-    """One SampleStream call that keeps SAMPLE_STREAM_IN_FLIGHT requests ahead of the replies read;
-    opened on the first reply asked for."""
+class _Stream:
+    """One streaming call that keeps ``in_flight`` requests ahead of the replies read, sending
+    ``requests`` in turn; opened on the first reply asked for."""
 
-    def __init__(self, channel: grpc.Channel, path: str, request: bytes) -> None:
+    def __init__(self, channel: grpc.Channel, path: str, requests: list[bytes], in_flight: int) -> None:
         self._open: grpc.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(path)
-        self._request = request
-        self._credits = threading.Semaphore(SAMPLE_STREAM_IN_FLIGHT)
+        self._requests_sent = requests
+        self._credits = threading.Semaphore(in_flight)
         self._closed = threading.Event()
         self._replies: Any = None  # the call: an iterator of replies that can be cancelled
 
     def _requests(self) -> Iterator[bytes]:
+        turn = 0
         while True:
             self._credits.acquire()
             if self._closed.is_set():
                 return
-            yield self._request
+            yield self._requests_sent[turn % len(self._requests_sent)]
+            turn += 1
 
     def next_reply(self) -> bytes:
         if self._replies is None:

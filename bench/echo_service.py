@@ -22,8 +22,9 @@ INSERT = "InsertTransitions"
 SAMPLE = "SampleTransitions"
 UPDATE = "UpdatePriorities"
 REPLY_METHODS = (INSERT, SAMPLE, UPDATE)
-# The replay's streamed sampling, mirrored: each request read is answered with SAMPLE's bytes.
+# The replay's streams, mirrored: each request read is answered with SAMPLE's (INSERT's) bytes.
 SAMPLE_STREAM = "SampleStream"
+INSERT_STREAM = "InsertStream"
 SET_REPLY_METHOD = "SetReply"
 # SetReply's request is the method name, this separator, then the reply bytes.
 SET_REPLY_SEPARATOR = b"\n"
@@ -58,9 +59,10 @@ class EchoHandlers:
             )
             for method in REPLY_METHODS
         }
-        handlers[SAMPLE_STREAM] = grpc.stream_stream_rpc_method_handler(
-            self._answer_stream, request_deserializer=_identity, response_serializer=_identity
-        )
+        for stream, method in ((SAMPLE_STREAM, SAMPLE), (INSERT_STREAM, INSERT)):
+            handlers[stream] = grpc.stream_stream_rpc_method_handler(
+                self._answer_stream(method), request_deserializer=_identity, response_serializer=_identity
+            )
         handlers[SET_REPLY_METHOD] = grpc.unary_unary_rpc_method_handler(
             self._set_reply, request_deserializer=_identity, response_serializer=_identity
         )
@@ -89,9 +91,16 @@ class EchoHandlers:
 
         return answer
 
-    def _answer_stream(self, requests: Iterator[bytes], _context: grpc.ServicerContext) -> Iterator[bytes]:
-        for _request in requests:
-            yield self._replies[SAMPLE]
+    def _answer_stream(
+        self, method: str
+    ) -> Callable[[Iterator[bytes], grpc.ServicerContext], Iterator[bytes]]:
+        replies = self._replies
+
+        def answer(requests: Iterator[bytes], _context: grpc.ServicerContext) -> Iterator[bytes]:
+            for _request in requests:
+                yield replies[method]
+
+        return answer
 
     def _set_reply(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         name, separator, reply = request.partition(SET_REPLY_SEPARATOR)

@@ -51,6 +51,10 @@ MEASURES = (
     Measure("insert_1_writer_bytes", "MB/s", "grpc_echo", "higher"),
     Measure("insert_2_writers", "items/s", "grpc_echo", "higher"),
     Measure("insert_2_writers_bytes", "MB/s", "grpc_echo", "higher"),
+    # InsertStream with one request in flight (an actor's way), against the unary echo that is
+    # the ceiling of "insert_1_writer", and against an echo answering the same stream.
+    Measure("insert_stream_1_writer", "items/s", "grpc_echo", "higher"),
+    Measure("insert_stream_transport", "items/s", "grpc_echo_stream", "higher"),
     Measure("sample", "items/s", "grpc_echo", "higher"),
     # SampleStream with SAMPLE_STREAM_IN_FLIGHT requests in flight, against the unary echo that
     # is the ceiling of "sample" (does the stream beat batched unary?), and against an echo
@@ -131,7 +135,7 @@ def _phase_pair(
     logger.info("phase=%s clients=%d reply_bytes=%s", kind, clients, sizes)
     if kind == "sample_update":
         return {kind: (on_replay.calls_per_s, on_echo.calls_per_s)}
-    if kind in ("sample", "sample_stream"):
+    if kind in ("sample", "sample_stream", "insert_stream"):
         return {kind: (on_replay.items_per_s, on_echo.items_per_s)}
     name = "insert_1_writer" if clients == 1 else f"insert_{clients}_writers"
     return {
@@ -164,6 +168,11 @@ def _measure_all(workload: Workload, servers: Servers, seconds: float) -> RunFig
     }
     figures |= _phase_pair("insert", workload, servers, seconds, clients=1)
     figures |= _phase_pair("insert", workload, servers, seconds, clients=2)
+    streamed, stream_echo = _phase_pair("insert_stream", workload, servers, seconds, clients=1)[
+        "insert_stream"
+    ]
+    figures["insert_stream_1_writer"] = (streamed, figures["insert_1_writer"][1])
+    figures["insert_stream_transport"] = (streamed, stream_echo)
     # The table is full, so it holds more than the workload's minimum for sampling.
     assert workload.capacity >= workload.min_sampled_size
     figures |= _phase_pair("sample", workload, servers, seconds, clients=1)

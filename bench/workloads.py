@@ -116,6 +116,16 @@ def sample_stream_request() -> bytes:
     return replay_pb2.SampleStreamRequest(sample=sample).SerializeToString()
 
 
+def insert_stream_requests(inserts: list[bytes]) -> list[bytes]:
+    """Each serialized InsertTransitions request of ``inserts`` as an InsertStream request."""
+    return [
+        replay_pb2.InsertStreamRequest(
+            insert=replay_pb2.InsertTransitionsRequest.FromString(request)
+        ).SerializeToString()
+        for request in inserts
+    ]
+
+
 def update_request(sample_reply: bytes, priorities: NDArray[np.float32]) -> bytes:
     """New priorities for every key of a serialized SampleResponse, as a learner sends them."""
     keys = replay_pb2.SampleTransitionsResponse.FromString(sample_reply).keys

@@ -23,10 +23,11 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, partial
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 from numpy.typing import NDArray
 
 from apexrl.replay.v1 import replay_pb2, replay_pb2_grpc
@@ -84,42 +85,50 @@ class _NoReplyError(grpc.RpcError):
         return grpc.StatusCode.DEADLINE_EXCEEDED
 
     def details(self) -> str:
-        return "no reply on the sample stream in time"
+        return "no reply on the stream in time"
 
 
 # A stream's own deadline: far beyond its use, as a stream is replaced once older than
 # _STREAM_RENEW_S (a new one takes the next requests while the old one answers those it has).
 _STREAM_DEADLINE_S = 24 * 3600.0
 _STREAM_RENEW_S = 3600.0
+# replay.proto: the trailing metadata key of an InsertStream a shard refused for its limit.
+INSERT_STREAM_LIMIT_KEY = "apexrl-insert-stream-limit"
+# How long a shard that refused an insert stream (at its limit) gets unary inserts instead.
+_UNARY_INSERTS_S = 30.0
 
 Reply = replay_pb2.SampleTransitionsResponse
+ReplyT = TypeVar("ReplyT")
 
 
-class _SampleStream:
-    """One SampleStream call to a shard: requests go out as they are sent, and a reader thread
-    queues the replies, which come back in the requests' order."""
+class _ReplyStream(Generic[ReplyT]):
+    """One streaming call to a shard (SampleStream, InsertStream): requests go out as they are
+    sent, and a reader thread queues the replies, which come back in the requests' order."""
 
-    def __init__(self, stub: replay_pb2_grpc.ReplayServiceStub) -> None:
-        self._requests: queue.SimpleQueue[replay_pb2.SampleStreamRequest | None] = queue.SimpleQueue()
-        self._replies: queue.SimpleQueue[Reply | grpc.RpcError] = queue.SimpleQueue()
-        self._call = stub.SampleStream(iter(self._requests.get, None), timeout=_STREAM_DEADLINE_S)
+    def __init__(
+        self, method: grpc.StreamStreamMultiCallable[Any, Any], unwrap: Callable[[Any], ReplyT], name: str
+    ) -> None:
+        self._requests: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
+        self._replies: queue.SimpleQueue[ReplyT | grpc.RpcError] = queue.SimpleQueue()
+        self._unwrap = unwrap
+        self._call = method(iter(self._requests.get, None), timeout=_STREAM_DEADLINE_S)
         self.opened = time.monotonic()
-        self._reader = threading.Thread(target=self._read, name="sample-stream", daemon=True)
+        self._reader = threading.Thread(target=self._read, name=name, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         try:
             for reply in self._call:
-                self._replies.put(reply.sample)
+                self._replies.put(self._unwrap(reply))
         except grpc.RpcError as error:
             self._replies.put(error)
 
-    def send(self, request: replay_pb2.SampleTransitionsRequest) -> Callable[[float], Reply]:
+    def send(self, request: Message) -> Callable[[float], ReplyT]:
         """Sends ``request``; the returned function waits at most its argument (s) for the reply."""
-        self._requests.put(replay_pb2.SampleStreamRequest(sample=request))
+        self._requests.put(request)
         return self._receive
 
-    def _receive(self, timeout_s: float) -> Reply:
+    def _receive(self, timeout_s: float) -> ReplyT:
         try:
             reply = self._replies.get(timeout=timeout_s)
         except queue.Empty:
@@ -140,6 +149,25 @@ class _SampleStream:
     def join(self, timeout_s: float) -> None:
         """Waits for the reader, which ends once the call has ended (a cancelled one at once)."""
         self._reader.join(timeout_s)
+
+
+def _sampled(reply: replay_pb2.SampleStreamResponse) -> Reply:
+    return reply.sample
+
+
+def _inserted(reply: replay_pb2.InsertStreamResponse) -> replay_pb2.InsertTransitionsResponse:
+    return reply.insert
+
+
+def _insert_stream_refused(error: grpc.RpcError) -> bool:
+    """Whether a shard refused to open an insert stream: at its limit, or from before InsertStream."""
+    if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+        return True
+    if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return False
+    trailing = getattr(error, "trailing_metadata", None)
+    metadata = trailing() if callable(trailing) else None
+    return any(key == INSERT_STREAM_LIMIT_KEY for key, _ in metadata or ())
 
 
 def _future_result(future: Any, _timeout_s: float) -> Reply:
@@ -288,6 +316,8 @@ class _Shard:
     backoff_s: float = 0.0
     known: bool = False
     failures: int = field(default=0)
+    # Until then inserts go unary: the shard refused an insert stream (at its limit).
+    unary_inserts_until: float = 0.0
 
     def sampleable(self, now: float) -> bool:
         return (
@@ -302,7 +332,11 @@ class ShardedReplayClient:
     """Samples, inserts and updates priorities over shards; a shard that is down is skipped meanwhile.
 
     Samples go over one SampleStream per shard (``stream_samples``; a shard without it is sampled
-    with unary calls instead). With ``lookahead`` n, the parts of the next n batches are asked
+    with unary calls instead). With ``stream_inserts``, inserts go over one InsertStream per
+    shard: a shard serves them at lower cost than unary calls, but each stream adds two threads
+    to this process (gRPC's request sender and the reply reader), which take the interpreter
+    lock at every batch. An actor's acting thread ran slower with them, so actors insert unary
+    (docs/replay.md). With ``lookahead`` n, the parts of the next n batches are asked
     for before a batch is waited for, so the shards draw them while it is on the wire: a batch
     is then drawn up to n calls before :meth:`sample` returns it, with the priorities of that
     moment (a prefetching learner's batches are that old anyway). Its probabilities stay exact:
@@ -321,6 +355,7 @@ class ShardedReplayClient:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         security: SecuritySettings | None = None,
         stream_samples: bool = True,
+        stream_inserts: bool = False,
         lookahead: int = 0,
     ) -> None:
         """``security``: the process's (services/common/security.py) unless given."""
@@ -341,7 +376,9 @@ class ShardedReplayClient:
         self._next_insert_shard = 0
         self._stream_samples = stream_samples
         self._lookahead = lookahead
-        self._streams: dict[int, _SampleStream] = {}
+        self._streams: dict[int, _ReplyStream[Reply]] = {}
+        self._stream_inserts = stream_inserts
+        self._insert_streams: dict[int, _ReplyStream[replay_pb2.InsertTransitionsResponse]] = {}
         self._pending: deque[_Draw] = deque()
 
     @property
@@ -359,8 +396,11 @@ class ShardedReplayClient:
         return sum(shard.size for shard in up), sum(shard.capacity for shard in up)
 
     def close(self) -> None:
-        streams = list(self._streams.values())
+        streams: list[_ReplyStream[Any]] = [*self._streams.values(), *self._insert_streams.values()]
         self._abandon_draws()
+        for inserting in self._insert_streams.values():
+            inserting.cancel()
+        self._insert_streams.clear()
         for stream in streams:
             stream.join(timeout_s=5.0)
         for shard in self._shards:
@@ -478,8 +518,8 @@ class ShardedReplayClient:
         if stream is None or time.monotonic() - stream.opened > _STREAM_RENEW_S:
             if stream is not None:
                 stream.finish()
-            stream = self._streams[index] = _SampleStream(stub)
-        return stream.send(request)
+            stream = self._streams[index] = _ReplyStream(stub.SampleStream, _sampled, "sample-stream")
+        return stream.send(replay_pb2.SampleStreamRequest(sample=request))
 
     def _abandon_draws(self) -> None:
         """Forgets the draws asked ahead, and the streams that would still answer them."""
@@ -608,7 +648,7 @@ class ShardedReplayClient:
             if time.monotonic() < shard.down_until:
                 continue
             try:
-                reply = shard.stub.InsertTransitions(request, timeout=self._timeout_s + max_wait_s)
+                reply = self._insert_into(shard_index, request, self._timeout_s + max_wait_s)
             except grpc.RpcError as error:
                 if error.code() not in _DOWN_CODES:
                     raise InsertRefusedError(shard_index, shard.address, error) from error
@@ -619,3 +659,39 @@ class ShardedReplayClient:
         raise ReplayUnavailableError(
             f"no replay shard accepted the insert: all {len(self._shards)} are down or backing off"
         )
+
+    def _insert_into(
+        self, index: int, request: replay_pb2.InsertTransitionsRequest, timeout_s: float
+    ) -> replay_pb2.InsertTransitionsResponse:
+        """Shard ``index``'s answer to one insert: over its InsertStream, or unary where it has none.
+
+        One insert is in flight per stream (the caller waits for each), so a failure is this
+        request's alone, as a unary call's would be; the stream ends with it and the next insert
+        opens another. A shard at its limit of insert streams, or from before InsertStream, is
+        sent the same request unary at once (nothing was stored: the shard refused the stream
+        before reading it), and unary inserts for a while.
+        """
+        shard = self._shards[index]
+        now = time.monotonic()
+        if not self._stream_inserts or now < shard.unary_inserts_until:
+            return shard.stub.InsertTransitions(request, timeout=timeout_s)
+        stream = self._insert_streams.get(index)
+        if stream is None or now - stream.opened > _STREAM_RENEW_S:
+            if stream is not None:
+                stream.finish()
+            stream = _ReplyStream(shard.stub.InsertStream, _inserted, "insert-stream")
+            self._insert_streams[index] = stream
+        try:
+            return stream.send(replay_pb2.InsertStreamRequest(insert=request))(timeout_s)
+        except grpc.RpcError as error:
+            del self._insert_streams[index]
+            stream.cancel()
+            if not _insert_stream_refused(error):
+                raise
+            refusal = error.code()
+        if refusal == grpc.StatusCode.UNIMPLEMENTED:
+            logger.warning("replay shard has no InsertStream; inserting unary shard=%d", index)
+            shard.unary_inserts_until = np.inf
+        else:
+            shard.unary_inserts_until = now + _UNARY_INSERTS_S
+        return shard.stub.InsertTransitions(request, timeout=timeout_s)

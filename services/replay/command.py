@@ -68,6 +68,13 @@ def replay_command(
     max_message_mib: Annotated[
         int, typer.Option(envvar=_ENV + "MAX_MESSAGE_MIB", help="Message limit, MiB.")
     ] = 64,
+    max_insert_streams: Annotated[
+        int,
+        typer.Option(
+            envvar=_ENV + "MAX_INSERT_STREAMS",
+            help="InsertStream calls served at once (a server thread each); more writers insert unary.",
+        ),
+    ] = 8,
     token_file: TokenFileOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,

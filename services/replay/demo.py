@@ -47,7 +47,8 @@ def run_demo(shards: int, seconds: float, capacity: int, run_dir: Path, console:
         )
         for index in range(shards)
     ]
-    client = ShardedReplayClient([p.wait_for_address() for p in processes], seed=0)
+    # A writer that does nothing else: its inserts go over a stream per shard (docs/replay.md).
+    client = ShardedReplayClient([p.wait_for_address() for p in processes], seed=0, stream_inserts=True)
     rng = np.random.default_rng(0)
     inserted = sampled = size = 0
     started = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from google.protobuf.message import DecodeError, Message
 from apexrl.replay.v1 import replay_pb2, replay_pb2_grpc
 from services.common import tensor_codec
 from services.common.encoded import InvalidInputError
+from services.common.sharded_replay import INSERT_STREAM_LIMIT_KEY
 from services.replay.columns import batch_length
 from services.replay.metrics import ReplayMetrics
 from services.replay.rate_limiter import NotEnoughDataError, RateLimitedError
@@ -90,11 +92,14 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
         metrics: ReplayMetrics,
         max_message_bytes: int,
         save_snapshot: Callable[[], SnapshotResult] | None,
+        max_insert_streams: int = 0,
     ) -> None:
         self._table = table
         self._metrics = metrics
         self._max_message_bytes = max_message_bytes
         self._save_snapshot = save_snapshot
+        self._max_insert_streams = max_insert_streams
+        self._insert_streams = threading.BoundedSemaphore(max_insert_streams) if max_insert_streams else None
 
     def _serve(self, method: str, context: grpc.ServicerContext, handler: Callable[[], T]) -> T:
         """Runs ``handler``, records its latency and maps its errors to status codes."""
@@ -115,18 +120,49 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
     def InsertTransitions(
         self, request: replay_pb2.InsertTransitionsRequest, context: grpc.ServicerContext
     ) -> replay_pb2.InsertTransitionsResponse:
-        def insert() -> replay_pb2.InsertTransitionsResponse:
-            columns = tensor_codec.decode_columns(request.batch)
-            count = batch_length(columns)
-            priorities = tensor_codec.decode(request.priorities, "priorities")
-            if count > MAX_INSERT_ITEMS:
-                raise InvalidInputError(f"insert of {count} items exceeds the maximum of {MAX_INSERT_ITEMS}")
-            keys = self._table.insert(columns, priorities, _allowed_wait_s(request.max_wait_s, context))
-            reply = replay_pb2.InsertTransitionsResponse(size=self._table.size)
-            tensor_codec.encode_into(reply.keys, keys)
-            return reply
+        return self._serve("InsertTransitions", context, partial(self._insert, request, context))
 
-        return self._serve("InsertTransitions", context, insert)
+    def InsertStream(
+        self,
+        requests: Iterator[replay_pb2.InsertStreamRequest | _Undecodable],
+        context: grpc.ServicerContext,
+    ) -> Iterator[replay_pb2.InsertStreamResponse]:
+        """One reply per request, in order; the first failure ends the stream with its status.
+
+        A stream holds a server thread while it is open, so at most ``max_insert_streams`` are
+        served at once; one beyond them is refused before its first request is read.
+        """
+        if self._insert_streams is None or not self._insert_streams.acquire(blocking=False):
+            self._metrics.request_errors.labels("InsertStream", grpc.StatusCode.RESOURCE_EXHAUSTED.name).inc()
+            context.set_trailing_metadata(((INSERT_STREAM_LIMIT_KEY, str(self._max_insert_streams)),))
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this shard serves at most {self._max_insert_streams} insert streams at once; "
+                "insert with InsertTransitions",
+            )
+        try:
+            for request in requests:
+                insert = request if isinstance(request, _Undecodable) else request.insert
+                reply = self._serve("InsertStream", context, partial(self._insert, insert, context))
+                yield replay_pb2.InsertStreamResponse(insert=reply)
+        finally:
+            self._insert_streams.release()
+
+    def _insert(
+        self, request: replay_pb2.InsertTransitionsRequest | _Undecodable, context: grpc.ServicerContext
+    ) -> replay_pb2.InsertTransitionsResponse:
+        """Stores one request's batch; the domain error that refuses it, and nothing stored, if not."""
+        if isinstance(request, _Undecodable):  # only a stream's requests arrive undecoded
+            raise InvalidInputError(request.details)
+        columns = tensor_codec.decode_columns(request.batch)
+        count = batch_length(columns)
+        priorities = tensor_codec.decode(request.priorities, "priorities")
+        if count > MAX_INSERT_ITEMS:
+            raise InvalidInputError(f"insert of {count} items exceeds the maximum of {MAX_INSERT_ITEMS}")
+        keys = self._table.insert(columns, priorities, _allowed_wait_s(request.max_wait_s, context))
+        reply = replay_pb2.InsertTransitionsResponse(size=self._table.size)
+        tensor_codec.encode_into(reply.keys, keys)
+        return reply
 
     def SampleTransitions(  # type: ignore[override]  # the reply's bytes, see add_to_server
         self, request: replay_pb2.SampleTransitionsRequest, context: grpc.ServicerContext
@@ -296,7 +332,12 @@ def add_to_server(servicer: ReplayServicer, server: grpc.Server) -> None:
         "SampleTransitions": _handler(
             servicer.SampleTransitions, messages.SampleTransitionsRequest, _already_serialized
         ),
-        # Its behavior refuses undecodable requests itself: they arrive mid-stream.
+        # The streams' behaviors refuse undecodable requests themselves: they arrive mid-stream.
+        "InsertStream": grpc.stream_stream_rpc_method_handler(
+            servicer.InsertStream,
+            request_deserializer=_deserializer(messages.InsertStreamRequest),
+            response_serializer=messages.InsertStreamResponse.SerializeToString,
+        ),
         "SampleStream": grpc.stream_stream_rpc_method_handler(
             servicer.SampleStream,
             request_deserializer=_deserializer(messages.SampleStreamRequest),

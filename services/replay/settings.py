@@ -38,6 +38,13 @@ class ReplayShardSettings(StrictModel):
     seed: int | None = Field(None, ge=0, description="Seed of the sampling generator.")
     max_message_mib: int = Field(64, ge=1, le=2047, description="gRPC message limit in each direction, MiB.")
     max_workers: int = Field(16, ge=1, le=1024, description="gRPC server threads.")
+    max_insert_streams: int = Field(
+        8,
+        ge=0,
+        le=1023,
+        description="InsertStream calls served at once (each holds a server thread); writers "
+        "beyond them insert with InsertTransitions. 0: none.",
+    )
     grace_s: float = Field(5.0, ge=0.0, description="Seconds in-flight calls get to finish on stop.")
 
     @model_validator(mode="after")
@@ -46,5 +53,15 @@ class ReplayShardSettings(StrictModel):
             raise ValueError(
                 "samples_per_insert_tolerance must be >= samples_per_insert when the ratio is on "
                 f"(got {self.samples_per_insert_tolerance} < {self.samples_per_insert})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _threads_left_for_calls(self) -> Self:
+        if self.max_insert_streams >= self.max_workers:
+            raise ValueError(
+                f"max_insert_streams ({self.max_insert_streams}) must be below max_workers "
+                f"({self.max_workers}): each insert stream holds a server thread, and samples, "
+                "priority updates and health checks need one too"
             )
         return self

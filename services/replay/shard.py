@@ -59,6 +59,7 @@ class ReplayShard:
             self.metrics,
             settings.max_message_mib * MIB,
             self.save_snapshot if settings.snapshot_path is not None else None,
+            settings.max_insert_streams,
         )
 
         def register(server: grpc.Server) -> None:

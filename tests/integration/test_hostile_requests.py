@@ -63,6 +63,7 @@ OK = Code.OK
 # UNKNOWN mean a bug of the server and appear nowhere.
 ALLOWED: dict[str, frozenset[Code]] = {
     "InsertTransitions": frozenset({OK, Code.INVALID_ARGUMENT, Code.RESOURCE_EXHAUSTED}),
+    "InsertStream": frozenset({OK, Code.INVALID_ARGUMENT, Code.RESOURCE_EXHAUSTED}),
     "SampleTransitions": frozenset(
         {OK, Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION, Code.RESOURCE_EXHAUSTED}
     ),
@@ -710,8 +711,11 @@ def assert_replay_serves(replay: ReplayUnderTest, before: TableSnapshot) -> None
         )
 
 
-def test_hostile_inserts_store_nothing(replay: ReplayUnderTest) -> None:
-    method = replay.method("InsertTransitions", replay_pb2.InsertTransitionsRequest)
+@pytest.mark.parametrize("rpc", ["InsertTransitions", "InsertStream"])
+def test_hostile_inserts_store_nothing(replay: ReplayUnderTest, rpc: str) -> None:
+    streamed = rpc == "InsertStream"
+    request = replay_pb2.InsertStreamRequest if streamed else replay_pb2.InsertTransitionsRequest
+    method = replay.method(rpc, request, bidi=streamed)
     table = replay.shard.table
     before = table_state(table)
 
@@ -720,7 +724,7 @@ def test_hostile_inserts_store_nothing(replay: ReplayUnderTest) -> None:
     @given(case=or_raw(hostile_inserts()))
     def run(case: Case) -> None:
         payload, defects = case
-        reply = method.call(payload)
+        reply = method.call(_as_field_1(payload) if streamed else payload)
         assert reply.code != OK, f"an insert with {defects} was stored"
         assert table_state(table) == before, f"a refused insert ({defects}) changed the table"
 
@@ -835,8 +839,9 @@ def hostile_samples(draw: st.DrawFn) -> Case:
     return serialized(request) + extra, ("sample",)
 
 
-def _as_streamed(payload: bytes) -> bytes:
-    """``payload`` as the ``sample`` field of a SampleStreamRequest, whatever its bytes."""
+def _as_field_1(payload: bytes) -> bytes:
+    """``payload`` as field 1 of a message (a SampleStreamRequest's ``sample``, an
+    InsertStreamRequest's ``insert``), whatever its bytes."""
     return _varint(1 << 3 | 2) + _varint(len(payload)) + payload
 
 
@@ -857,7 +862,7 @@ def test_hostile_samples_answer_a_documented_status_and_change_no_item(
     def run(case: Case) -> None:
         payload, _labels = case
         counted = table_state(table)
-        reply = method.call(_as_streamed(payload) if streamed else payload)
+        reply = method.call(_as_field_1(payload) if streamed else payload)
         if reply.code != OK:  # a failed sample draws nothing, so counts nothing
             assert table_state(table) == counted, f"a failed sample ({reply.code.name}) changed the table"
             return
