@@ -8,6 +8,8 @@ from numpy.typing import NDArray
 # Level whose prefix sums a sample searches (2^12 nodes: cheap to sum, deep enough
 # to skip most of the per-level descent).
 _SEARCH_LEVEL = 12
+# A run of ancestors this narrow is summed node by node (set_range).
+_SCALAR_NODES = 2
 
 
 class SumTree:
@@ -89,11 +91,23 @@ class SumTree:
         low = start + self._leaf_base
         high = low + masses.size - 1
         nodes[low : high + 1] = masses
-        # Each level's sums are written in place: one ufunc call, no temporary.
-        for _ in range(self._depth):
+        # Each level's sums are written in place: one ufunc call, no temporary, while the run
+        # is wide; once it is a node or two, plain float sums cost less than a ufunc call.
+        for level in range(self._depth):
             low, high = low >> 1, high >> 1
+            if high - low < _SCALAR_NODES:
+                self._sum_up(low, high, self._depth - level - 1)
+                return
             left, right = nodes[2 * low : 2 * high + 2 : 2], nodes[2 * low + 1 : 2 * high + 2 : 2]
             np.add(left, right, out=nodes[low : high + 1])
+
+    def _sum_up(self, low: int, high: int, levels: int) -> None:
+        """Recomputes nodes ``low..high`` and ``levels`` levels of their ancestors, one at a time."""
+        nodes = self._nodes
+        for _ in range(levels + 1):
+            for node in range(low, high + 1):
+                nodes[node] = nodes[2 * node] + nodes[2 * node + 1]
+            low, high = low >> 1, high >> 1
 
     def sample(self, uniforms: NDArray[np.float64]) -> NDArray[np.int64]:
         """Slots for draws ``uniforms`` in [0, 1), each with probability mass / total.

@@ -67,10 +67,15 @@ def test_set_range_matches_set_for_contiguous_slots(case: tuple[int, int, int]) 
     length = min(length, capacity - start)
     values = np.random.default_rng(capacity * 1000 + start).random(length)
     by_range, by_slots = SumTree(capacity), SumTree(capacity)
+    by_range.set_range(0, np.ones(capacity))  # every ancestor has a sum to replace
     by_range.set_range(start, values)
+    by_slots.set(np.arange(capacity, dtype=np.int64), np.ones(capacity))
     by_slots.set(np.arange(start, start + length, dtype=np.int64), values)
     np.testing.assert_array_equal(by_range.leaves(), by_slots.leaves())
     assert by_range.total == by_slots.total
+    nodes = by_range._nodes
+    internal = np.arange(1, len(nodes) // 2)
+    np.testing.assert_array_equal(nodes[internal], nodes[2 * internal] + nodes[2 * internal + 1])
 
 
 # Past 2^12 leaves sampling searches one level's prefix sums, then descends.
