@@ -245,10 +245,14 @@ class Run:
         parents = {launcher} | {pid for pid, (parent, _) in processes.items() if parent == launcher}
         return {pid: stdout for pid, (parent, stdout) in processes.items() if parent in parents}
 
-    def pid(self, name: str) -> int:
-        """The live process of child ``name``: the launcher's child whose stdout is its log."""
+    def pids(self, name: str) -> list[int]:
+        """The live processes of child ``name``: the launcher's children whose stdout is its log."""
         log = str(self.logs / f"{name}.log")
-        pids = [pid for pid, stdout in self.children().items() if stdout == log]
+        return [pid for pid, stdout in self.children().items() if stdout == log]
+
+    def pid(self, name: str) -> int:
+        """The live process of child ``name``."""
+        pids = self.pids(name)
         assert len(pids) == 1, f"processes of {name}: {pids}"
         return pids[0]
 
@@ -276,6 +280,9 @@ class Run:
             120,
             f"the launcher to restart {name}",
         )
+        # The launcher says so before it starts the new process, which points its standard
+        # streams at its log only once it runs (a forked child does so itself).
+        self.wait(lambda: self.pids(name) not in ([], [pid]), 60, f"the new {name} process")
         assert self.process.poll() is None, self.output()
         return pid
 
