@@ -99,7 +99,7 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
         self._max_message_bytes = max_message_bytes
         self._save_snapshot = save_snapshot
         self._max_insert_streams = max_insert_streams
-        self._insert_streams = threading.BoundedSemaphore(max_insert_streams) if max_insert_streams else None
+        self._insert_streams = threading.BoundedSemaphore(max_insert_streams)
 
     def _serve(self, method: str, context: grpc.ServicerContext, handler: Callable[[], T]) -> T:
         """Runs ``handler``, records its latency and maps its errors to status codes."""
@@ -132,7 +132,7 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
         A stream holds a server thread while it is open, so at most ``max_insert_streams`` are
         served at once; one beyond them is refused before its first request is read.
         """
-        if self._insert_streams is None or not self._insert_streams.acquire(blocking=False):
+        if not self._insert_streams.acquire(blocking=False):
             self._metrics.request_errors.labels("InsertStream", grpc.StatusCode.RESOURCE_EXHAUSTED.name).inc()
             context.set_trailing_metadata(((INSERT_STREAM_LIMIT_KEY, str(self._max_insert_streams)),))
             context.abort(
