@@ -6,7 +6,6 @@ import json
 import logging
 import threading
 import time
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,16 +18,23 @@ from numpy.typing import NDArray
 
 from apexrl.common.v1 import tensor_pb2
 from apexrl.learner.v1 import learner_pb2
-from services.actor.learner_client import LearnerClient, NotRegisteredError, Parameters
+from services.actor.learner_client import (
+    LearnerClient,
+    NotRegisteredError,
+    Parameters,
+    not_registered_or,
+    parameters_from,
+    parameters_request,
+)
 from services.actor.metrics import DROP_OUTBOX_FULL, DROP_REFUSED, ActorMetrics
 from services.actor.n_step import Columns, NStepBuilder
 from services.actor.rollout import Rollout
+from services.actor.transport import ReplaySettings, Reply, Transport
 from services.algorithms.families import family_for_wire
 from services.algorithms.interface import ActingPolicy, ExplorationSetting, wire_columns
 from services.algorithms.wire import exploration_from_wire
-from services.common.encoded import Column, compress
 from services.common.environments import AtariSettings, environment_spec, make_environment
-from services.common.sharded_replay import InsertRefusedError, ReplayUnavailableError, ShardedReplayClient
+from services.common.sharded_replay import InsertRefusedError, ReplayUnavailableError
 
 if TYPE_CHECKING:
     from services.datasets.actor_stream import EpisodeStream
@@ -162,35 +168,29 @@ class Outbox:
     for good (see ``_PERMANENT_INSERT_CODES``) is logged, counted and dropped, so the
     batches after it go on.
 
-    A batch's initial priorities and the compression of its ``compressed`` columns are
-    computed on the sender thread too, off the acting thread. The priorities come from
-    what acting computed (the ``acted.*`` and ``bootstrap.*`` columns, never sent): Ape-X
-    DQN's need no network at all, TD3's and SAC's one critic pass. ``policy_lock`` keeps
-    that pass from reading the network while the acting thread loads new parameters into it.
+    The inserts are made by the actor's transport process (services/actor/transport.py),
+    which also compresses the columns the learner asked for compressed. A batch's initial
+    priorities are computed here, as it leaves, from what acting computed (the ``acted.*``
+    and ``bootstrap.*`` columns, never sent): Ape-X DQN's need no network at all, TD3's and
+    SAC's one critic pass over the batch.
     """
 
     def __init__(
         self,
-        replay: ShardedReplayClient,
+        transport: Transport,
         batch_size: int,
         metrics: ActorMetrics,
-        sender: Executor,
         max_hold_s: float = _MAX_HOLD_S,
-        compressed: tuple[str, ...] = (),
-        policy_lock: threading.Lock | None = None,
     ) -> None:
-        self._replay = replay
-        self._compressed = compressed
-        self._policy_lock = policy_lock or threading.Lock()
+        self._transport = transport
         self._batch_size = batch_size
         self._max_hold_s = max_hold_s
         self._held_since = 0.0
         self._metrics = metrics
-        self._sender = sender
         self._parts: list[Columns] = []
         self._count = 0
         self._retry_at = 0.0
-        self._in_flight: tuple[Future[Any], Columns] | None = None
+        self._in_flight: tuple[Reply, Columns] | None = None
 
     def add(self, columns: Columns) -> None:
         rows = len(columns["reward"])
@@ -223,17 +223,8 @@ class Outbox:
         parts, self._parts = self._parts[:taken], self._parts[taken:]
         self._count -= rows
         columns = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-        call = self._sender.submit(self._insert, columns, policy)
+        call = self._transport.insert(wire_columns(columns), policy.initial_priorities(columns))
         self._in_flight = (call, columns)
-
-    def _insert(self, columns: Columns, policy: ActingPolicy) -> None:
-        """On the sender thread: initial priorities, the columns that travel compressed, the insert."""
-        with self._policy_lock:
-            priorities = policy.initial_priorities(columns)
-        sent: dict[str, Column] = dict(wire_columns(columns))
-        for name in self._compressed:
-            sent[name] = compress(columns[name])
-        self._replay.insert(sent, priorities, _INSERT_WAIT_S)
 
     def flush(self, policy: ActingPolicy) -> None:
         """Sends all that is held and waits for it (on stop); gives up at the first batch kept."""
@@ -321,6 +312,19 @@ class Actor:
         torch.set_num_threads(1)
 
     def run(self, stop: threading.Event) -> None:
+        # The transport process starts first: its imports overlap the registration.
+        transport = Transport(
+            self._learner.address,
+            self._learner.security,
+            self._learner.timeout_s,
+            logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+        )
+        try:
+            self._run(stop, transport)
+        finally:
+            transport.close()
+
+    def _run(self, stop: threading.Event, transport: Transport) -> None:
         registration = self._learner.register(learner_pb2.CLIENT_ROLE_ACTOR, self._client_name, stop)
         if registration is None:
             return
@@ -329,10 +333,7 @@ class Actor:
         policy, first_environment = build_policy(spec)
         extra = max(1, settings.environments_per_actor) - 1
         environments = [first_environment] + [make_spec_environment(spec) for _ in range(extra)]
-        # Parameter pulls and inserts run as blocking calls on two long-lived threads while
-        # the actor steps: cheaper than a gRPC future, which may start a thread per call.
-        rpc = ThreadPoolExecutor(max_workers=2, thread_name_prefix="actor-rpc")
-        session = _Session(self._learner, registration, policy, self._metrics, self._client_name, rpc)
+        session = _Session(self._learner, registration, policy, self._metrics, self._client_name, transport)
         builder = NStepBuilder(len(environments), spec.n_step, spec.discount)
         # Atari learning signals (the spec's atari message; both false when it has none).
         rollout = Rollout(
@@ -344,16 +345,11 @@ class Actor:
             episodes=self._episode_stream(spec, session, first_environment),
             record=policy.record,
         )
-        replay = ShardedReplayClient(list(registration.replay_addresses), seed=session.seed)
         compressed = OBSERVATION_COLUMNS if settings.observation_codec != tensor_pb2.CODEC_UNSPECIFIED else ()
-        outbox = Outbox(
-            replay,
-            settings.insert_batch_size,
-            self._metrics,
-            rpc,
-            compressed=compressed,
-            policy_lock=session.policy_lock,
+        transport.configure_replay(
+            ReplaySettings(list(registration.replay_addresses), session.seed, compressed, _INSERT_WAIT_S)
         )
+        outbox = Outbox(transport, settings.insert_batch_size, self._metrics)
         logger.info(
             "actor running actor_id=%d exploration=%s environments=%d",
             session.actor_id,
@@ -366,9 +362,7 @@ class Actor:
             session.cancel_refresh()
             outbox.add(rollout.flush())
             outbox.flush(policy)
-            rpc.shutdown(wait=False, cancel_futures=True)  # closing the channels ends a call in flight
             rollout.close()
-            replay.close()
             logger.info("actor stopped steps=%d", session.steps)
 
     def _episode_stream(
@@ -469,21 +463,20 @@ class _Session:
         policy: ActingPolicy,
         metrics: ActorMetrics,
         client_name: str,
-        rpc: Executor,
+        transport: Transport,
     ) -> None:
         self._learner = learner
-        self._rpc = rpc
+        self._transport = transport
         self._metrics = metrics
         self._client_name = client_name
         self.policy = policy
-        self.policy_lock = threading.Lock()
         self._exploration_kind = family_for_wire(registration.spec.algorithm).exploration_kind
         self.version = 0
         self.lineage = ""  # of version: the learner's incarnation that numbered it
         self.steps = 0
         # Every actor explores differently: its seed derives from the run's and its first id.
         self.seed = int(registration.spec.seed) + 10_007 * registration.actor_id
-        self._pull: Future[Parameters | None] | None = None
+        self._pull: Reply | None = None
         self._adopt(registration, episodes=0)
 
     def _adopt(self, registration: learner_pb2.RegisterActorResponse, episodes: int) -> None:
@@ -509,19 +502,12 @@ class _Session:
             episodes=rollout.stats.episodes - self._episodes_at_registration,
             last_episode_return=rollout.stats.last_return,
         )
-        self._pull = self._rpc.submit(
-            self._learner.get_parameters,
-            self.version,
-            self.actor_id,
-            progress,
-            known_lineage=self.lineage,
-        )
+        request = parameters_request(self.version, self.actor_id, progress, known_lineage=self.lineage)
+        self._pull = self._transport.pull(request.SerializeToString())
 
     def cancel_refresh(self) -> None:
         """Abandons a pull under way (the actor is stopping)."""
-        if self._pull is not None:
-            self._pull.cancel()
-            self._pull = None
+        self._pull = None  # its reply, when it comes, is not read
 
     def finish_refresh(self, stop: threading.Event, episodes: int, wait: bool = False) -> None:
         """Adopts the pull's parameters once it is done (or waits for it); re-registers if forgotten.
@@ -532,7 +518,7 @@ class _Session:
             return
         pull, self._pull = self._pull, None
         try:
-            parameters = pull.result()
+            parameters = _parameters_of(pull)
         except NotRegisteredError:
             registration = self._learner.register(learner_pb2.CLIENT_ROLE_ACTOR, self._client_name, stop)
             if registration is not None:
@@ -546,7 +532,16 @@ class _Session:
         if parameters is not None:
             if parameters.lineage == self.lineage:  # across lineages the numbers do not compare
                 self._metrics.parameter_lag.set(parameters.version - self.version)
-            with self.policy_lock:  # the sender thread computes priorities with the same network
-                self.policy.load_parameters(parameters.state_dict)
+            self.policy.load_parameters(parameters.state_dict)
             self.version, self.lineage = parameters.version, parameters.lineage
             self._metrics.parameter_version.set(self.version)
+
+
+def _parameters_of(pull: Reply) -> Parameters | None:
+    """A pull's parameters (None when current), or its failure as LearnerClient.get_parameters raises it."""
+    try:
+        reply = pull.result()
+    except grpc.RpcError as error:
+        raise not_registered_or(error) from error
+    assert reply is not None  # a pull's reply has its bytes
+    return parameters_from(learner_pb2.GetParametersResponse.FromString(reply))

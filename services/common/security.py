@@ -122,6 +122,16 @@ class SecuritySettings:
             if getattr(self, field) is not None
         }
 
+    def child_environment(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """``base`` (this process's environment), with these settings in place of any it names."""
+        environment = {
+            key: value
+            for key, value in (os.environ if base is None else base).items()
+            if key not in _VARIABLES.values()
+        }
+        environment.update(self.environment())
+        return environment
+
     @classmethod
     def from_environment(cls, environment: Mapping[str, str] | None = None) -> SecuritySettings:
         source = os.environ if environment is None else environment

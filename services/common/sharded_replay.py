@@ -335,9 +335,10 @@ class ShardedReplayClient:
     with unary calls instead). With ``stream_inserts``, inserts go over one InsertStream per
     shard: a shard serves them at lower cost than unary calls, but each stream adds two threads
     to this process (gRPC's request sender and the reply reader), which take the interpreter
-    lock at every batch. An actor's acting thread ran slower with them, so actors insert unary
-    (docs/replay.md). With ``lookahead`` n, the parts of the next n batches are asked
-    for before a batch is waited for, so the shards draw them while it is on the wire: a batch
+    lock at every batch. An acting thread ran slower beside them, so actors insert from a
+    process of their own (services/actor/transport.py). With ``lookahead`` n, the parts of
+    the next n batches are asked for before a batch is waited for, so the shards draw them
+    while it is on the wire: a batch
     is then drawn up to n calls before :meth:`sample` returns it, with the priorities of that
     moment (a prefetching learner's batches are that old anyway). Its probabilities stay exact:
     the split's and the shards' totals come with it.

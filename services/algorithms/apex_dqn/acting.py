@@ -51,12 +51,14 @@ def initial_priorities(network: QNetwork, columns: Columns) -> NDArray[np.float6
 
     The actor holds one network, so it is both online and target here:
     y = reward + discount * Q(s', argmax_a Q(s', a)), priority = |y - Q(s, a)| + epsilon.
-    Where ``columns`` carry the Q-values acting computed (``acted.q_taken`` at s and
-    ``bootstrap.value`` at s'), no forward pass is needed.
+    Where ``columns`` carry the Q-values acting computed (``acted.q`` at s and
+    ``bootstrap.q`` at s', every action's), no forward pass is needed.
     """
     acted, bootstrap = recorded(columns, ACTED), recorded(columns, BOOTSTRAP)
-    if "q_taken" in acted and "value" in bootstrap:
-        q_taken, next_values = acted["q_taken"], bootstrap["value"]
+    if "q" in acted and "q" in bootstrap:
+        actions = columns["action"].astype(np.int64)[:, None]
+        q_taken = np.take_along_axis(acted["q"], actions, axis=1)[:, 0]
+        next_values = _values(bootstrap["q"])
     else:
         count = columns["observation"].shape[0]
         q_values = q_values_of(network, np.concatenate([columns["observation"], columns["next_observation"]]))
@@ -86,17 +88,19 @@ class DqnPolicy:
     def act_recorded(
         self, observations: NDArray[Any], exploration: ExplorationSetting, rng: np.random.Generator
     ) -> tuple[NDArray[np.int64], dict[str, NDArray[Any]]]:
-        """Epsilon-greedy actions, and Q(s, a) of the actions taken and max_a Q(s, a) (Ape-X's own)."""
+        """Epsilon-greedy actions, and the Q-values of every action (Ape-X's own).
+
+        Q(s, a) of the action taken and max_a Q(s, a) are read from them once per batch,
+        when its initial priorities are computed, not at every step.
+        """
         q_values = q_values_of(self.network, observations)
         actions: NDArray[np.int64] = q_values.argmax(axis=1)
         explore(actions, self.network.num_actions, exploration.value, rng)
-        q_taken = q_values[np.arange(len(actions)), actions]
-        return actions, {"q_taken": q_taken, "value": _values(q_values)}
+        return actions, {"q": q_values}
 
     def record(self, observations: NDArray[Any]) -> dict[str, NDArray[Any]]:
-        """The values of observations never acted on; no action was taken there (q_taken 0)."""
-        values = _values(q_values_of(self.network, observations))
-        return {"q_taken": np.zeros_like(values), "value": values}
+        """The Q-values of observations never acted on."""
+        return {"q": q_values_of(self.network, observations)}
 
     def initial_priorities(self, columns: Columns) -> NDArray[np.float64]:
         return initial_priorities(self.network, columns)
