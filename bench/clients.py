@@ -43,7 +43,9 @@ WARM_UP_CALLS = 3
 # W2 when measured, and any more only makes batches older.
 SAMPLE_STREAM_IN_FLIGHT = 4
 
-PhaseKind = Literal["insert", "insert_stream", "sample", "sample_stream", "sample_update"]
+PhaseKind = Literal[
+    "insert", "insert_stream", "sample", "sample_stream", "sample_update", "sample_stream_update"
+]
 RawCall = Callable[[bytes], bytes]
 
 
@@ -130,6 +132,14 @@ class _Client:
         if self._kind == "sample_stream":
             self.last_replies[SAMPLE] = self._stream.next_reply()
             return SAMPLE_BATCH, len(self._stream_request)
+        if self._kind == "sample_stream_update":
+            # As the learner samples: batches asked ahead on the stream, each batch's new
+            # priorities sent back with a unary call once it is read.
+            streamed = self._stream.next_reply()
+            self.last_replies[SAMPLE] = streamed
+            update = update_request(streamed, self._priorities[turn], streamed=True)
+            self.last_replies[UPDATE] = self._calls[UPDATE](update)
+            return SAMPLE_BATCH, len(self._stream_request) + len(update)
         reply = self._calls[SAMPLE](self._sample)
         self.last_replies[SAMPLE] = reply
         if self._kind == "sample":

@@ -62,6 +62,11 @@ MEASURES = (
     Measure("sample_stream", "items/s", "grpc_echo", "higher"),
     Measure("sample_stream_transport", "items/s", "grpc_echo_stream", "higher"),
     Measure("sample_update", "batches/s", "grpc_echo", "higher"),
+    # The learner's way: SampleStream with SAMPLE_STREAM_IN_FLIGHT batches asked ahead and a
+    # unary UpdatePriorities per batch read, against the unary echo of "sample_update" and
+    # against an echo answering the same stream and updates.
+    Measure("sample_stream_update", "batches/s", "grpc_echo", "higher"),
+    Measure("sample_stream_update_transport", "batches/s", "grpc_echo_stream", "higher"),
     Measure("memory_growth", "bytes", "raw_bytes", "lower"),
     Measure("memory_per_item", "bytes", "raw_item_bytes", "lower"),
     # A snapshot of the full table while a sampler keeps sampling: the longest the table was
@@ -124,7 +129,8 @@ def _phase_pair(
 ) -> RunFigures:
     """The phase on the replay shard, then on the echo answering with the shard's last replies.
 
-    Rates are items/s, except for sample_update: batches/s, a batch being a sample and an update.
+    Rates are items/s, except for sample_update and sample_stream_update: batches/s, a batch
+    being a sample and an update.
     """
     replay = PhaseSpec(kind, workload.name, servers.replay.target, REPLAY_SERVICE, seconds)
     on_replay = run_phase(replay, clients)
@@ -133,7 +139,7 @@ def _phase_pair(
     on_echo = run_phase(echo, clients)
     sizes = {method: len(reply) for method, reply in on_replay.last_replies.items()}
     logger.info("phase=%s clients=%d reply_bytes=%s", kind, clients, sizes)
-    if kind == "sample_update":
+    if kind in ("sample_update", "sample_stream_update"):
         return {kind: (on_replay.calls_per_s, on_echo.calls_per_s)}
     if kind in ("sample", "sample_stream", "insert_stream"):
         return {kind: (on_replay.items_per_s, on_echo.items_per_s)}
@@ -181,6 +187,11 @@ def _measure_all(workload: Workload, servers: Servers, seconds: float) -> RunFig
     figures["sample_stream"] = (streamed, figures["sample"][1])
     figures["sample_stream_transport"] = (streamed, stream_echo)
     figures |= _phase_pair("sample_update", workload, servers, seconds, clients=1)
+    streamed, stream_echo = _phase_pair("sample_stream_update", workload, servers, seconds, clients=1)[
+        "sample_stream_update"
+    ]
+    figures["sample_stream_update"] = (streamed, figures["sample_update"][1])
+    figures["sample_stream_update_transport"] = (streamed, stream_echo)
     figures |= _snapshot_while_sampling(servers.replay)
     return figures
 

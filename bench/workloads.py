@@ -126,8 +126,12 @@ def insert_stream_requests(inserts: list[bytes]) -> list[bytes]:
     ]
 
 
-def update_request(sample_reply: bytes, priorities: NDArray[np.float32]) -> bytes:
-    """New priorities for every key of a serialized SampleResponse, as a learner sends them."""
-    keys = replay_pb2.SampleTransitionsResponse.FromString(sample_reply).keys
+def update_request(sample_reply: bytes, priorities: NDArray[np.float32], *, streamed: bool = False) -> bytes:
+    """New priorities for every key of a serialized SampleTransitionsResponse (a
+    SampleStreamResponse when ``streamed``), as a learner sends them."""
+    if streamed:
+        keys = replay_pb2.SampleStreamResponse.FromString(sample_reply).sample.keys
+    else:
+        keys = replay_pb2.SampleTransitionsResponse.FromString(sample_reply).keys
     request = replay_pb2.UpdatePrioritiesRequest(keys=keys, priorities=tensor_codec.encode(priorities))
     return request.SerializeToString()
