@@ -47,6 +47,24 @@ class RunOutcome:
 DATASETS = "datasets"
 
 
+class _CurvesImport:
+    """The launcher draws the learning curve at the end: matplotlib (about a second of CPU) is
+    imported in the background once the learner has updated, so the stop does not wait for
+    it; not sooner, where it would compete with the start for the CPU and delay the first update."""
+
+    def __init__(self) -> None:
+        self._first_seen: int | None = None  # the updates of a resumed run when it started
+        self._started = False
+
+    def saw(self, updates: int) -> None:
+        """The learner's update count, as each status reports it."""
+        if self._first_seen is None:
+            self._first_seen = updates
+        if updates > self._first_seen and not self._started:
+            threading.Thread(target=importlib.import_module, args=(_CURVES,), daemon=True).start()
+            self._started = True
+
+
 def default_run_dir(config: ExperimentConfig, root: Path = Path("runs")) -> Path:
     return root / f"{config.environment.id}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -199,15 +217,13 @@ class LocalRun:
         for child in self._children():
             child.ready()
         logger.info("every role serving")
-        # The launcher draws the learning curve at the end: matplotlib is imported while it
-        # waits anyway, so the stop does not wait for the import.
-        threading.Thread(target=importlib.import_module, args=(_CURVES,), daemon=True).start()
 
     def supervise(self, stop: threading.Event, view: ProgressView, poll_s: float = 0.25) -> RunOutcome:
         """Runs until the learner reports the run finished, ``stop`` is set, or a part fails for good."""
         channel = create_channel(self.learner.address, default_timeout_s=5.0)
         learner = learner_pb2_grpc.LearnerServiceStub(channel)
         status: learner_pb2.GetStatusResponse | None = None
+        curves = _CurvesImport()
         try:
             while not stop.wait(poll_s):
                 check_children(self._children())
@@ -217,6 +233,7 @@ class LocalRun:
                     logger.warning("learner status unavailable code=%s", error.code().name)
                     continue
                 view.update(status)
+                curves.saw(status.updates)
                 if status.finished:
                     return RunOutcome(self.run_dir, "finished", status, interrupted=False)
             return RunOutcome(self.run_dir, "interrupted", status, interrupted=True)
